@@ -1,0 +1,52 @@
+"""voxflow-io: open and write large bio-image volumes lazily.
+
+Readers: Zarr v2/v3, OME-Zarr (NGFF 0.4/0.5), TIFF (stacks, tiled, BigTIFF, OME, ImageJ),
+slice folders and ``.npy``, all behind one :class:`Volume`. Writers: OME-Zarr images with
+pyramids and HCS plates, chunk-aligned so that many processes can write one store.
+"""
+
+from importlib.metadata import version
+
+from ._discover import DatasetRecord, discover_dataset
+from ._errors import (
+    CorruptVolumeError,
+    DatasetLayoutError,
+    LevelOutOfRangeError,
+    MetadataError,
+    StoreExistsError,
+    UnsupportedFormatError,
+    VolumeNotFoundError,
+    VoxflowIOError,
+    WindowError,
+)
+from ._open import open_volume
+from ._plate import Plate, PlatePosition, create_plate, open_plate
+from ._volume import Volume, VolumeInfo
+from ._write import OmeZarrWriter, create_ome_zarr, downsample
+
+__version__ = version("voxflow-io")
+
+__all__ = [
+    "CorruptVolumeError",
+    "DatasetLayoutError",
+    "DatasetRecord",
+    "LevelOutOfRangeError",
+    "MetadataError",
+    "OmeZarrWriter",
+    "Plate",
+    "PlatePosition",
+    "StoreExistsError",
+    "UnsupportedFormatError",
+    "Volume",
+    "VolumeInfo",
+    "VolumeNotFoundError",
+    "VoxflowIOError",
+    "WindowError",
+    "__version__",
+    "create_ome_zarr",
+    "create_plate",
+    "discover_dataset",
+    "downsample",
+    "open_plate",
+    "open_volume",
+]

@@ -1,0 +1,39 @@
+"""Exceptions raised by voxflow-io: one base class, one subclass per kind of failure."""
+
+from __future__ import annotations
+
+
+class VoxflowIOError(Exception):
+    """Base class of every error voxflow-io raises on purpose."""
+
+
+class VolumeNotFoundError(VoxflowIOError, FileNotFoundError):
+    """A path that should hold a volume, store or dataset does not exist."""
+
+
+class UnsupportedFormatError(VoxflowIOError, ValueError):
+    """A path exists but is not a format voxflow-io can open."""
+
+
+class CorruptVolumeError(VoxflowIOError):
+    """A file or chunk exists but its bytes cannot be decoded (truncated, garbled)."""
+
+
+class MetadataError(VoxflowIOError, ValueError):
+    """Metadata is missing, malformed or contradicts the array (axes, scales, shapes)."""
+
+
+class LevelOutOfRangeError(VoxflowIOError, IndexError):
+    """A pyramid level was asked for that the multiscale image does not have."""
+
+
+class WindowError(VoxflowIOError, IndexError):
+    """A read or write window is malformed or reaches outside the volume."""
+
+
+class StoreExistsError(VoxflowIOError, FileExistsError):
+    """A writer was asked to create a store where one already exists."""
+
+
+class DatasetLayoutError(VoxflowIOError, ValueError):
+    """An ``images/ labels/ masks/`` dataset folder breaks the layout rules."""

@@ -1,0 +1,7 @@
+"""voxflow-slicing: package metadata only; its public API arrives with its own issue."""
+
+from importlib.metadata import version
+
+__version__ = version("voxflow-slicing")
+
+__all__ = ["__version__"]

@@ -1,0 +1,7 @@
+"""voxflow-utils: package metadata only; its public API arrives with its own issue."""
+
+from importlib.metadata import version
+
+__version__ = version("voxflow-utils")
+
+__all__ = ["__version__"]
