@@ -47,22 +47,30 @@ def open_tiff(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
     series_index: int = options.get("series", 0)
     level: int = options.get("level", 0)
     axes_override: str | None = options.get("axes")
+    # tifffile reports structural damage (broken IFD chains, series that do not fit their
+    # pages) by logging and carrying on with what it could parse; here that is an error.
+    problems = _TifffileProblems(path.name)
+    logging.getLogger("tifffile").addHandler(problems)
     try:
         tif = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, ValueError, OSError, struct.error) as exc:
+        logging.getLogger("tifffile").removeHandler(problems)
         raise CorruptVolumeError(f"{path}: not a readable TIFF file: {exc}") from exc
     try:
         if not 0 <= series_index < len(tif.series):
             raise MetadataError(
                 f"{path}: series {series_index} requested but the file has {len(tif.series)}"
             )
-        series = tif.series[series_index]
-        if not 0 <= level < len(series.levels):
+        base = tif.series[series_index]
+        if not 0 <= level < len(base.levels):
             raise LevelOutOfRangeError(
                 f"{path}: pyramid level {level} requested but series {series_index} has levels "
-                f"0..{len(series.levels) - 1}"
+                f"0..{len(base.levels) - 1}"
             )
-        series = series.levels[level]
+        series = base.levels[level]
+        _ = series.keyframe, series.shape
+        if problems.messages:
+            raise CorruptVolumeError(f"{path}: damaged TIFF: {'; '.join(problems.messages)}")
         _check_not_truncated(path, tif, series)
         where = f"{path} (series {series_index}, level {level})"
         shape = tuple(int(n) for n in series.shape)
@@ -83,12 +91,28 @@ def open_tiff(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
             tif.close()
             reader = _MemmapReader(path, series_index, level, shape)
         else:
-            reader = _TiffZarrReader(tif, series, where)
+            reader = _TiffZarrReader(tif, series.aszarr(multiscales=False), where)
     except BaseException:
         tif.close()
         raise
+    finally:
+        logging.getLogger("tifffile").removeHandler(problems)
     logger.debug("%s: opened %s with %s", path, info, type(reader).__name__)
     return reader, info
+
+
+class _TifffileProblems(logging.Handler):
+    """Collects warnings and errors tifffile logs about one file while it is being opened."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.WARNING)
+        self.name = name
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.name in message:
+            self.messages.append(message)
 
 
 def _check_not_truncated(
@@ -174,10 +198,10 @@ class _MemmapReader:
 class _TiffZarrReader:
     """Compressed, tiled or scattered series: tifffile decodes only the segments needed."""
 
-    def __init__(self, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries, where: str) -> None:
+    def __init__(self, tif: tifffile.TiffFile, store: tifffile.ZarrTiffStore, where: str) -> None:
         self._tif = tif
         self._where = where
-        self._array = zarr.open_array(series.aszarr(), mode="r")
+        self._array = zarr.open_array(store, mode="r")
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
         try:

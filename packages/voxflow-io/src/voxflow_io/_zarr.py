@@ -254,6 +254,12 @@ class _ChunkFileReader:
                 )
             chunk = np.frombuffer(data, self._dtype).reshape(self._chunks)
         else:
+            found = _decoded_nbytes(self._decoder, data)
+            if found is not None and found != chunk.nbytes:
+                raise CorruptVolumeError(
+                    f"{path}: chunk {index} of {self._where} decodes to {found} bytes, expected "
+                    f"{chunk.nbytes} ({self._chunks} of {self._dtype})"
+                )
             try:
                 self._decoder.decode(data, out=chunk)
             except (RuntimeError, ValueError, TypeError) as exc:
@@ -265,6 +271,29 @@ class _ChunkFileReader:
 
     def close(self) -> None:
         """Nothing stays open between reads."""
+
+
+def _decoded_nbytes(codec: Codec, data: bytes) -> int | None:
+    """Decoded size recorded in a zstd frame or blosc header, or None if not recorded.
+
+    numcodecs decodes into a larger ``out`` buffer without complaint, so a chunk that holds
+    too few bytes would leave stale voxels behind; the headers say the true size up front.
+    Layouts: zstd frame header (RFC 8878, section 3.1.1.1); blosc header bytes 4-8.
+    """
+    if isinstance(codec, numcodecs.Blosc):
+        return int.from_bytes(data[4:8], "little") if len(data) >= 16 else -1
+    if not isinstance(codec, numcodecs.Zstd):
+        return None
+    if len(data) < 6 or data[:4] != b"\x28\xb5\x2f\xfd":
+        return -1
+    descriptor = data[4]
+    single_segment = bool(descriptor & 0x20)
+    offset = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 0x03]
+    size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    if size_bytes == 0 or len(data) < offset + size_bytes:
+        return None
+    size = int.from_bytes(data[offset : offset + size_bytes], "little")
+    return size + 256 if size_bytes == 2 else size
 
 
 class _ZarrPythonReader:
