@@ -1,0 +1,95 @@
+"""Workspace rules that a reviewer would otherwise have to remember."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARIES = sorted((ROOT / "packages").iterdir())
+APPLICATIONS = sorted((ROOT / "applications").iterdir())
+MEMBERS = LIBRARIES + APPLICATIONS
+MEMBER_NAMES = {member.name for member in MEMBERS}
+
+
+def load(member: Path) -> dict:
+    return tomllib.loads((member / "pyproject.toml").read_text())
+
+
+def requirement_name(requirement: str) -> str:
+    for stop in "<>=!~[; ":
+        requirement = requirement.split(stop)[0]
+    return requirement.strip().lower().replace("_", "-")
+
+
+def declared(member: Path) -> set[str]:
+    project = load(member)["project"]
+    requirements = list(project.get("dependencies", []))
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements += extra
+    return {requirement_name(r) for r in requirements}
+
+
+def test_seven_members() -> None:
+    assert [m.name for m in LIBRARIES] == [
+        "voxflow-io",
+        "voxflow-models",
+        "voxflow-slicing",
+        "voxflow-transforms",
+        "voxflow-utils",
+    ]
+    assert [m.name for m in APPLICATIONS] == ["voxflow-contrast", "voxflow-segment"]
+
+
+@pytest.mark.parametrize("library", LIBRARIES, ids=lambda p: p.name)
+def test_library_declares_no_other_member(library: Path) -> None:
+    assert declared(library) & MEMBER_NAMES == set()
+
+
+@pytest.mark.parametrize("application", APPLICATIONS, ids=lambda p: p.name)
+def test_applications_depend_on_libraries_not_on_each_other(application: Path) -> None:
+    others = {a.name for a in APPLICATIONS} - {application.name}
+    assert declared(application) & others == set()
+    assert {lib.name for lib in LIBRARIES} <= declared(application)
+
+
+@pytest.mark.parametrize("member", MEMBERS, ids=lambda p: p.name)
+def test_member_packaging(member: Path) -> None:
+    config = load(member)
+    import_name = member.name.replace("-", "_")
+    assert config["project"]["name"] == member.name
+    assert config["project"]["dynamic"] == ["version"]
+    assert config["build-system"]["build-backend"] == "hatchling.build"
+    assert set(config["build-system"]["requires"]) == {"hatchling", "uv-dynamic-versioning"}
+    assert config["tool"]["hatch"]["version"]["source"] == "uv-dynamic-versioning"
+    versioning = config["tool"]["uv-dynamic-versioning"]
+    assert versioning["pattern-prefix"] == f"{member.name}-"
+    assert versioning["fallback-version"] == "0.0.0"
+    assert config["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == [
+        f"src/{import_name}"
+    ]
+    # Tool configuration lives once, at the root: a member's [tool.ruff] would silently win.
+    assert set(config["tool"]) == {"hatch", "uv-dynamic-versioning"}
+    assert "test" in config["dependency-groups"]
+    assert (member / "README.md").is_file()
+    assert (member / "src" / import_name / "py.typed").is_file()
+    assert (member / "tests").is_dir()
+
+
+@pytest.mark.parametrize("member", MEMBERS, ids=lambda p: p.name)
+def test_flat_public_api(member: Path) -> None:
+    init = member / "src" / member.name.replace("-", "_") / "__init__.py"
+    tree = ast.parse(init.read_text())
+    assigned = {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    assert {"__all__", "__version__"} <= assigned
+    # Public names come from re-exports, never from definitions in __init__ itself.
+    assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
