@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ class Volume:
     def __init__(self, source: Source, reader: Reader | None, info: VolumeInfo) -> None:
         self._source = source
         self._reader = reader
+        self._reader_pid = os.getpid()
         self._info = info
 
     # -- metadata ------------------------------------------------------------------------
@@ -209,6 +211,11 @@ class Volume:
         return reader.read(box)
 
     def _ensure_open(self) -> Reader:
+        if self._reader is not None and self._reader_pid != os.getpid():
+            # Inherited through fork (e.g. DataLoader workers): the handle's file offset is
+            # shared with the parent, so reopen instead of racing it. The parent's objects are
+            # left alone: closing them here could flush or unmap state the parent still uses.
+            self._reader = None
         if self._reader is None:
             reader, info = self._source.open()
             if (info.shape, info.dtype) != (self._info.shape, self._info.dtype):
@@ -217,8 +224,9 @@ class Volume:
                     f"{self.path}: changed since it was opened: expected shape {self._info.shape} "
                     f"{self._info.dtype}, found {info.shape} {info.dtype}"
                 )
-            logger.debug("%s: reopened in this process", self.path)
+            logger.debug("%s: reopened in process %d", self.path, os.getpid())
             self._reader = reader
+            self._reader_pid = os.getpid()
         return self._reader
 
     # -- lifetime ------------------------------------------------------------------------
@@ -241,6 +249,7 @@ class Volume:
         self._source = state["source"]
         self._info = state["info"]
         self._reader = None
+        self._reader_pid = os.getpid()
 
 
 def _as_int_tuple(values: Sequence[int], name: str, volume: Volume) -> tuple[int, ...]:

@@ -214,11 +214,15 @@ class _ChunkFileReader:
         self._decoder = None if decoder is True else decoder
         self._local = threading.local()
 
-    def _chunk_buffer(self) -> np.ndarray:
-        buffer = getattr(self._local, "buffer", None)
-        if buffer is None:
-            buffer = self._local.buffer = np.empty(self._chunks, self._dtype)
-        return buffer
+    def _buffers(self, nbytes: int) -> tuple[np.ndarray, memoryview]:
+        """This thread's decoded-chunk buffer and a raw buffer of at least ``nbytes``."""
+        local = self._local
+        if getattr(local, "chunk", None) is None:
+            local.chunk = np.empty(self._chunks, self._dtype)
+            local.raw = bytearray(0)
+        if len(local.raw) < nbytes:
+            local.raw = bytearray(max(nbytes, local.chunk.nbytes + 1024))
+        return local.chunk, memoryview(local.raw)[:nbytes]
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
         out = np.empty(tuple(s.stop - s.start for s in box), self._dtype)
@@ -242,17 +246,20 @@ class _ChunkFileReader:
             out[tuple(out_sel)] = self._fill  # an absent chunk holds the fill value (zarr spec)
             return
         try:
-            data = os.read(fd, os.fstat(fd).st_size)
+            size = os.fstat(fd).st_size
+            chunk, data = self._buffers(size)
+            got = os.readv(fd, [data])
         finally:
             os.close(fd)
-        chunk = self._chunk_buffer()
+        if got != size:
+            raise CorruptVolumeError(f"{path}: read {got} of {size} bytes of chunk {index}")
         if self._decoder is None:
             if len(data) != chunk.nbytes:
                 raise CorruptVolumeError(
                     f"{path}: uncompressed chunk {index} of {self._where} has {len(data)} bytes, "
                     f"expected {chunk.nbytes}"
                 )
-            chunk = np.frombuffer(data, self._dtype).reshape(self._chunks)
+            chunk = np.frombuffer(data, self._dtype).reshape(self._chunks)  # type: ignore[assignment]
         else:
             found = _decoded_nbytes(self._decoder, data)
             if found is not None and found != chunk.nbytes:
