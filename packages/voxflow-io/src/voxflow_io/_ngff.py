@@ -17,7 +17,7 @@ from ._errors import MetadataError
 NgffVersion = Literal["0.4", "0.5"]
 NGFF_VERSIONS: tuple[str, ...] = ("0.4", "0.5")
 #: zarr format each NGFF version lives in.
-ZARR_FORMAT: dict[str, int] = {"0.4": 2, "0.5": 3}
+ZARR_FORMAT: dict[str, Literal[2, 3]] = {"0.4": 2, "0.5": 3}
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 _SPACE_UNITS = {"nanometer", "micrometer", "millimeter", "centimeter", "meter", "angstrom"}

@@ -71,6 +71,8 @@ class Plate:
         if not self.path.exists():
             raise VolumeNotFoundError(f"{self.path}: no such plate")
         group = open_node(self.path, None)
+        if not isinstance(group, zarr.Group):
+            raise UnsupportedFormatError(f"{self.path}: a zarr array, not an HCS plate group")
         version, ome = _ngff.ome_attributes(group.attrs.asdict())
         if "plate" not in ome:
             raise UnsupportedFormatError(

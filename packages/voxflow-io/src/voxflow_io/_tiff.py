@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import tifffile
 import zarr
+from zarr.abc.store import Store
 
 from ._axes import validate_axes
 from ._errors import CorruptVolumeError, LevelOutOfRangeError, MetadataError
@@ -106,12 +107,12 @@ class _TifffileProblems(logging.Handler):
 
     def __init__(self, name: str) -> None:
         super().__init__(logging.WARNING)
-        self.name = name
+        self.file_name = name
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if self.name in message:
+        if self.file_name in message:
             self.messages.append(message)
 
 
@@ -185,8 +186,8 @@ class _MemmapReader:
     """Contiguous uncompressed series: a read is a copy out of a read-only memory map."""
 
     def __init__(self, path: Path, series: int, level: int, shape: tuple[int, ...]) -> None:
-        self._map = tifffile.memmap(path, series=series, level=level, mode="r")
-        self._map = self._map.reshape(shape)
+        mapped = tifffile.memmap(path, series=series, level=level, mode="r")
+        self._map: np.ndarray = mapped.reshape(shape)
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
         return np.array(self._map[box], order="C")
@@ -198,7 +199,7 @@ class _MemmapReader:
 class _TiffZarrReader:
     """Compressed, tiled or scattered series: tifffile decodes only the segments needed."""
 
-    def __init__(self, tif: tifffile.TiffFile, store: tifffile.ZarrTiffStore, where: str) -> None:
+    def __init__(self, tif: tifffile.TiffFile, store: Store, where: str) -> None:
         self._tif = tif
         self._where = where
         self._array = zarr.open_array(store, mode="r")

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numcodecs
 import numpy as np
@@ -40,7 +40,8 @@ def _compressors(name: str, zarr_format: int) -> Any:
     if zarr_format == 3:
         if name == "zstd":
             return [ZstdCodec(level=3)]
-        return [BloscCodec(cname=name.removeprefix("blosc-"), clevel=5, shuffle="shuffle")]
+        cname = cast(Literal["lz4", "zstd"], name.removeprefix("blosc-"))
+        return [BloscCodec(cname=cname, clevel=5, shuffle="shuffle")]
     if name == "zstd":
         return numcodecs.Zstd(level=3)
     return numcodecs.Blosc(
@@ -294,7 +295,7 @@ def write_image_group(
     dtype: np.dtype,
     axes: str,
     compressor: str,
-    zarr_format: int,
+    zarr_format: Literal[2, 3],
 ) -> None:
     """Write the metadata and empty level arrays of one image group into ``folder``."""
     group = zarr.open_group(str(folder), mode="w", zarr_format=zarr_format)

@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numcodecs
 import numpy as np
@@ -105,9 +105,9 @@ def open_zarr(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
         chunks=tuple(int(c) for c in array.chunks),
         unit=unit,
     )
-    decoder = _fast_path_decoder(array)
+    eligible, decoder = _fast_path_decoder(array)
     reader: Reader
-    if decoder is not None:
+    if eligible:
         reader = _ChunkFileReader(array, decoder, where)
     else:
         reader = _ZarrPythonReader(array, where)
@@ -159,59 +159,61 @@ def _open_image_level(
 
 
 def _dimension_names(array: zarr.Array) -> str | None:
-    names = None
+    names: Any = None
     if array.metadata.zarr_format == 3 and array.metadata.dimension_names is not None:
         names = list(array.metadata.dimension_names)
     elif "_ARRAY_DIMENSIONS" in array.attrs:
-        names = list(array.attrs["_ARRAY_DIMENSIONS"])
-    if names is None or any(not isinstance(n, str) or len(n) != 1 for n in names):
+        names = array.attrs["_ARRAY_DIMENSIONS"]
+    if not isinstance(names, list) or any(not isinstance(n, str) or len(n) != 1 for n in names):
         return None
     return "".join(names).lower()
 
 
-def _fast_path_decoder(array: zarr.Array) -> Codec | bool | None:
-    """The numcodecs codec for the chunk-file reader, True for raw chunks, None if ineligible."""
+def _fast_path_decoder(array: zarr.Array) -> tuple[bool, Codec | None]:
+    """Whether the chunk-file reader can read ``array``, and its numcodecs codec (None: raw)."""
+    ineligible: tuple[bool, Codec | None] = (False, None)
     if not isinstance(array.store, LocalStore) or np.dtype(array.dtype).kind not in "biuf":
-        return None
+        return ineligible
     metadata = array.metadata
     if metadata.zarr_format == 2:
         if metadata.filters or metadata.order != "C":
-            return None
+            return ineligible
         if np.dtype(array.dtype).byteorder not in "=|" and np.dtype(array.dtype).itemsize > 1:
-            return None
-        return metadata.compressor if metadata.compressor is not None else True
+            return ineligible
+        return True, metadata.compressor
     codecs = metadata.codecs
     first = codecs[0]
     if not isinstance(first, BytesCodec):
-        return None
+        return ineligible
     if first.endian is not None and first.endian.value != sys.byteorder:
-        return None
+        return ineligible
     rest = codecs[1:]
     if not rest:
-        return True
+        return True, None
     if len(rest) != 1:
-        return None
+        return ineligible
     compressor = rest[0]
     if isinstance(compressor, ZstdCodec) and not compressor.checksum:
-        return numcodecs.Zstd(level=compressor.level)
+        return True, numcodecs.Zstd(level=compressor.level)
     if isinstance(compressor, BloscCodec):
-        return numcodecs.Blosc()
+        return True, numcodecs.Blosc()
     if isinstance(compressor, GzipCodec):
-        return numcodecs.GZip(level=compressor.level)
-    return None
+        return True, numcodecs.GZip(level=compressor.level)
+    return ineligible
 
 
 class _ChunkFileReader:
     """Reads chunk files of a local store directly and decodes them on a thread pool."""
 
-    def __init__(self, array: zarr.Array, decoder: Codec | bool, where: str) -> None:
+    def __init__(self, array: zarr.Array, decoder: Codec | None, where: str) -> None:
         self._where = where
-        self._root = Path(array.store.root) / array.path if array.path else Path(array.store.root)
+        root = Path(cast(LocalStore, array.store).root)
+        self._root = root / array.path if array.path else root
         self._metadata = array.metadata
         self._chunks = tuple(int(c) for c in array.chunks)
         self._dtype = np.dtype(array.dtype)
         self._fill = array.fill_value if array.fill_value is not None else 0
-        self._decoder = None if decoder is True else decoder
+        self._decoder = decoder
         self._local = threading.local()
 
     def _buffers(self, nbytes: int) -> tuple[np.ndarray, memoryview]:
@@ -259,7 +261,7 @@ class _ChunkFileReader:
                     f"{path}: uncompressed chunk {index} of {self._where} has {len(data)} bytes, "
                     f"expected {chunk.nbytes}"
                 )
-            chunk = np.frombuffer(data, self._dtype).reshape(self._chunks)  # type: ignore[assignment]
+            chunk = np.frombuffer(data, self._dtype).reshape(self._chunks)
         else:
             found = _decoded_nbytes(self._decoder, data)
             if found is not None and found != chunk.nbytes:
@@ -280,7 +282,7 @@ class _ChunkFileReader:
         """Nothing stays open between reads."""
 
 
-def _decoded_nbytes(codec: Codec, data: bytes) -> int | None:
+def _decoded_nbytes(codec: Codec, data: bytes | memoryview) -> int | None:
     """Decoded size recorded in a zstd frame or blosc header, or None if not recorded.
 
     numcodecs decodes into a larger ``out`` buffer without complaint, so a chunk that holds
