@@ -48,6 +48,7 @@ def test_tag_prefix_versions_only_its_package(tmp_path: Path) -> None:
         run(
             uv,
             "build",
+            "--offline",
             "--package",
             package,
             "--no-sources",
