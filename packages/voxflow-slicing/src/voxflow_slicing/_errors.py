@@ -1,0 +1,19 @@
+"""Exceptions raised by voxflow-slicing: one base class, one subclass per kind of failure."""
+
+from __future__ import annotations
+
+
+class SlicingError(Exception):
+    """Base class of every error voxflow-slicing raises on purpose."""
+
+
+class GridError(SlicingError, ValueError):
+    """Patch size, stride, overlap or shape do not define a valid window grid."""
+
+
+class BorderError(SlicingError, IndexError):
+    """A patch reaches outside the array and the border policy forbids it."""
+
+
+class ScreeningError(SlicingError, ValueError):
+    """Labels, masks or thresholds handed to screening are inconsistent."""

@@ -1,0 +1,240 @@
+"""Foreground screening of window grids with summed-area tables, in one streaming pass.
+
+Every window of a grid starts and ends on a per-axis boundary (a window start or a start plus
+the patch size). Cutting each axis at those boundaries partitions the volume into cells; a
+window is a box of whole cells. So one pass over the labels counts foreground per cell, a
+summed-area table over the (small) cell grid then gives any window's count with 2^D lookups.
+
+The pass reads the labels in slabs along the first axis (aligned to the array's chunks when it
+has them, so no chunk is decoded twice) and accumulates each slice into a per-cell-row
+counter; slabs are processed on a thread pool because numpy's comparisons and additions
+release the GIL. Memory: one slab plus one slice-sized counter per thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._errors import ScreeningError
+from ._grid import SmallPolicy, grid_starts, positions_from_starts
+from ._protocol import ArrayLike
+
+logger = logging.getLogger(__name__)
+
+_SLAB_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class PatchScreen:
+    """All windows of a grid with their foreground (and mask) fractions.
+
+    Attributes:
+        positions: ``(N, D)`` int64 window starts, C order over the grid.
+        foreground_fraction: ``(N,)`` float64, nonzero label voxels / window voxels.
+        mask_fraction: ``(N,)`` float64 nonzero mask voxels / window voxels, or None.
+        keep: ``(N,)`` bool, windows that pass every threshold.
+    """
+
+    positions: np.ndarray
+    foreground_fraction: np.ndarray
+    mask_fraction: np.ndarray | None
+    keep: np.ndarray
+
+    @property
+    def kept_positions(self) -> np.ndarray:
+        """``(K, D)`` int64 starts of the windows that pass."""
+        return self.positions[self.keep]
+
+
+def screen_patches(
+    labels: ArrayLike,
+    patch_size: Sequence[int],
+    *,
+    stride: int | Sequence[int] | None = None,
+    overlap: float | Sequence[float] | None = None,
+    min_foreground_fraction: float = 0.0,
+    mask: ArrayLike | None = None,
+    min_mask_fraction: float = 1.0,
+    shape: Sequence[int] | None = None,
+    small: SmallPolicy = "error",
+    threads: int | None = None,
+) -> PatchScreen:
+    """Screen every window of a grid by its label foreground fraction (and mask coverage).
+
+    Args:
+        labels: ``(*spatial)`` array-like; nonzero voxels are foreground. It may be a
+            downsampled level of the labels: give the full-resolution ``shape`` and window
+            boundaries are mapped to the label grid by rounding.
+        patch_size: Window extent per spatial axis (full resolution).
+        stride: Step between windows; or ``overlap`` as a fraction (see ``grid_positions``).
+        min_foreground_fraction: Keep windows with at least this fraction of foreground.
+        mask: Optional ``(*spatial)`` valid-region array-like (nonzero = valid), at the
+            same resolution as ``labels``.
+        min_mask_fraction: Keep windows with at least this fraction inside the mask.
+        shape: Full-resolution spatial shape when ``labels`` is downsampled.
+        small: Policy for axes shorter than the patch (see ``grid_positions``).
+        threads: Worker threads for the counting pass (default: usable cores, at most 8).
+
+    Returns:
+        A :class:`PatchScreen` over every window of the grid.
+    """
+    label_shape = tuple(int(n) for n in labels.shape)
+    full_shape = tuple(int(n) for n in shape) if shape is not None else label_shape
+    if len(label_shape) != len(patch_size) or len(full_shape) != len(patch_size):
+        raise ScreeningError(
+            f"labels of shape {label_shape} (full shape {full_shape}) must have one axis per "
+            f"patch axis {tuple(patch_size)}; squeeze channel axes first"
+        )
+    for name, value in (
+        ("min_foreground_fraction", min_foreground_fraction),
+        ("min_mask_fraction", min_mask_fraction),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise ScreeningError(f"{name} must lie in [0, 1], found {value}")
+    if mask is not None and tuple(int(n) for n in mask.shape) != label_shape:
+        raise ScreeningError(
+            f"mask shape {tuple(mask.shape)} differs from labels shape {label_shape}"
+        )
+    if any(f < lab for f, lab in zip(full_shape, label_shape, strict=True)):
+        raise ScreeningError(f"full shape {full_shape} is smaller than the labels {label_shape}")
+    starts = grid_starts(full_shape, patch_size, stride=stride, overlap=overlap, small=small)
+    ends = [s + int(p) for s, p in zip(starts, patch_size, strict=True)]
+    # Window boundaries on the label grid (identity unless the labels are downsampled).
+    scale = [lab / f for lab, f in zip(label_shape, full_shape, strict=True)]
+    lo = [
+        np.clip(np.rint(s * k), 0, n).astype(np.int64)
+        for s, k, n in zip(starts, scale, label_shape, strict=True)
+    ]
+    hi = [
+        np.clip(np.rint(e * k), 0, n).astype(np.int64)
+        for e, k, n in zip(ends, scale, label_shape, strict=True)
+    ]
+    if any(np.any(h <= low) for low, h in zip(lo, hi, strict=True)):
+        raise ScreeningError(
+            f"labels of shape {label_shape} are too coarse for patch {tuple(patch_size)} over "
+            f"{full_shape}: some window covers no label voxel"
+        )
+    boundaries = [np.union1d(low, h) for low, h in zip(lo, hi, strict=True)]
+    volume = np.ones(1, np.float64)
+    for low, h in zip(lo, hi, strict=True):
+        volume = np.multiply.outer(volume, (h - low).astype(np.float64))
+    volume = volume.reshape(-1)
+    workers = threads or max(
+        1,
+        min(
+            8,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1),
+        ),
+    )
+    foreground = _window_sums(labels, boundaries, lo, hi, workers) / volume
+    mask_fraction = None
+    keep = foreground >= min_foreground_fraction
+    if mask is not None:
+        mask_fraction = _window_sums(mask, boundaries, lo, hi, workers) / volume
+        keep &= mask_fraction >= min_mask_fraction
+    positions = positions_from_starts(starts)
+    logger.info(
+        "screened %d windows of %s over %s: %d kept (foreground >= %s)",
+        len(positions),
+        tuple(patch_size),
+        full_shape,
+        int(keep.sum()),
+        min_foreground_fraction,
+    )
+    return PatchScreen(positions, foreground, mask_fraction, keep)
+
+
+def _window_sums(
+    array: ArrayLike,
+    boundaries: list[np.ndarray],
+    lo: list[np.ndarray],
+    hi: list[np.ndarray],
+    workers: int,
+) -> np.ndarray:
+    """Nonzero count of every window (C order over the grid), from per-cell counts."""
+    counts = cell_counts(array, boundaries, workers)
+    table = np.zeros(tuple(n + 1 for n in counts.shape), np.int64)
+    table[tuple(slice(1, None) for _ in counts.shape)] = counts
+    for axis in range(counts.ndim):
+        np.cumsum(table, axis=axis, out=table)
+    # Per axis: index of each window's first and one-past-last cell in the table.
+    first = [np.searchsorted(b, low) for b, low in zip(boundaries, lo, strict=True)]
+    last = [np.searchsorted(b, h) for b, h in zip(boundaries, hi, strict=True)]
+    total = np.zeros(tuple(len(f) for f in first), np.int64)
+    for corner in itertools.product((0, 1), repeat=counts.ndim):
+        index = np.ix_(*[last[a] if c else first[a] for a, c in enumerate(corner)])
+        sign = -1 if (counts.ndim - sum(corner)) % 2 else 1
+        total += sign * table[index]
+    return total.reshape(-1).astype(np.float64)
+
+
+def cell_counts(array: ArrayLike, boundaries: Sequence[np.ndarray], workers: int = 1) -> np.ndarray:
+    """Nonzero voxels in each cell of the partition given by per-axis ``boundaries``.
+
+    Args:
+        array: ``(*spatial)`` array-like.
+        boundaries: Per axis, sorted unique int64 cut positions; the cells are the
+            intervals between consecutive cuts (voxels outside the first and last cut are
+            ignored).
+        workers: Threads for the streaming pass.
+
+    Returns:
+        ``(len(b0) - 1, len(b1) - 1, ...)`` int64 counts.
+    """
+    first = boundaries[0]
+    inner = [np.asarray(b[:-1] - b[0], np.int64) for b in boundaries[1:]]
+    inner_box = tuple(slice(int(b[0]), int(b[-1])) for b in boundaries[1:])
+    counts = np.zeros(tuple(len(b) - 1 for b in boundaries), np.int64)
+    slice_bytes = math.prod(b[-1] - b[0] for b in boundaries[1:]) * np.dtype(array.dtype).itemsize
+    chunks = getattr(array, "chunks", None)
+    step = max(1, _SLAB_BYTES // max(1, slice_bytes))
+    if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int) and chunks[0] > 0:
+        step = max(chunks[0], step // chunks[0] * chunks[0])
+    cell_depth = int(np.max(np.diff(first)))
+    acc_dtype = np.uint8 if cell_depth < 256 else np.uint16 if cell_depth < 65536 else np.uint32
+
+    def slab(z0: int) -> dict[int, np.ndarray]:
+        z1 = min(z0 + step, int(first[-1]))
+        data = np.asarray(array[(slice(z0, z1), *inner_box)])
+        partial: dict[int, np.ndarray] = {}
+        is_nonzero = np.empty(data.shape[1:], np.bool_)
+        acc = np.zeros(data.shape[1:], acc_dtype)
+        cell = int(np.searchsorted(first, z0, side="right")) - 1
+        for z in range(z0, z1):
+            if z >= first[cell + 1]:
+                partial[cell] = _reduce_cells(acc, inner)
+                acc[...] = 0
+                cell += 1
+            np.not_equal(data[z - z0], 0, out=is_nonzero)
+            np.add(acc, is_nonzero, out=acc, casting="unsafe")
+        partial[cell] = _reduce_cells(acc, inner)
+        return partial
+
+    slab_starts = range(int(first[0]), int(first[-1]), step)
+    if workers > 1 and len(slab_starts) > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="voxflow-screen") as pool:
+            results = list(pool.map(slab, slab_starts))
+    else:
+        results = [slab(z0) for z0 in slab_starts]
+    for partial in results:
+        for cell, value in partial.items():
+            counts[cell] += value
+    return counts
+
+
+def _reduce_cells(acc: np.ndarray, inner: list[np.ndarray]) -> np.ndarray:
+    """Sum a slice-shaped counter over the cells of the remaining axes."""
+    out = acc
+    for axis, cuts in enumerate(inner):
+        out = np.add.reduceat(out, cuts, axis=axis, dtype=np.int64)
+    return out
