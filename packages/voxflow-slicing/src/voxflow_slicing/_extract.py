@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -73,7 +73,8 @@ def extract_patch(
         if all(h > lo_ for lo_, h in zip(lo, hi, strict=True)):
             data = read_box(array, tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)))
             target = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start_t, strict=True))
-            out[(Ellipsis, *target)] = data  # type: ignore[index]
+            key: tuple[Any, ...] = (Ellipsis, *target)
+            out[key] = data
         return out
     if border == "reflect":
         maps = [
@@ -83,5 +84,6 @@ def extract_patch(
         box = tuple(slice(int(m.min()), int(m.max()) + 1) for m in maps)
         data = read_box(array, box)
         index = np.ix_(*[m - b.start for m, b in zip(maps, box, strict=True)])
-        return np.ascontiguousarray(data[(Ellipsis, *index)])  # type: ignore[arg-type]
+        key = (Ellipsis, *index)
+        return np.ascontiguousarray(data[key])
     raise BorderError(f"border {border!r} must be 'error', 'constant' or 'reflect'")
