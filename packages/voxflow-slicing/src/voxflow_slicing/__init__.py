@@ -1,4 +1,4 @@
-"""voxflow-slicing: patch grids, extraction and foreground screening for large volumes.
+"""voxflow-slicing: patch grids, extraction, screening, patch indexes and samplers.
 
 Works on any array-like with ``shape``, ``dtype`` and numpy-style slicing (numpy, memory maps,
 zarr, dask, voxflow-io ``Volume``); depends on numpy only.
@@ -8,8 +8,17 @@ from importlib.metadata import version
 
 from ._errors import BorderError, GridError, ScreeningError, SlicingError
 from ._extract import extract_patch
+from ._fingerprint import fingerprint
 from ._grid import axis_starts, grid_positions, grid_starts, resolve_stride
+from ._index import PatchIndex, VolumeSource, build_patch_index
 from ._protocol import ArrayLike
+from ._samplers import (
+    ForegroundOversampler,
+    PatchDraw,
+    UniformSampler,
+    WeightedSampler,
+    sample_locations,
+)
 from ._screen import PatchScreen, cell_counts, screen_patches
 
 __version__ = version("voxflow-slicing")
@@ -17,16 +26,25 @@ __version__ = version("voxflow-slicing")
 __all__ = [
     "ArrayLike",
     "BorderError",
+    "ForegroundOversampler",
     "GridError",
+    "PatchDraw",
+    "PatchIndex",
     "PatchScreen",
     "ScreeningError",
     "SlicingError",
+    "UniformSampler",
+    "VolumeSource",
+    "WeightedSampler",
     "__version__",
     "axis_starts",
+    "build_patch_index",
     "cell_counts",
     "extract_patch",
+    "fingerprint",
     "grid_positions",
     "grid_starts",
     "resolve_stride",
+    "sample_locations",
     "screen_patches",
 ]
