@@ -1,7 +1,7 @@
-"""voxflow-slicing: patch grids, extraction, screening, patch indexes and samplers.
+"""voxflow-slicing: patch grids, extraction, screening, patch indexes, samplers, planes.
 
 Works on any array-like with ``shape``, ``dtype`` and numpy-style slicing (numpy, memory maps,
-zarr, dask, voxflow-io ``Volume``); depends on numpy only.
+zarr, dask, voxflow-io ``Volume``); depends on numpy and scipy only.
 """
 
 from importlib.metadata import version
@@ -11,6 +11,7 @@ from ._extract import extract_patch
 from ._fingerprint import fingerprint
 from ._grid import axis_starts, grid_positions, grid_starts, resolve_stride
 from ._index import PatchIndex, VolumeSource, build_patch_index
+from ._planes import axis_plane, plane_basis, plane_coordinates, plane_patch
 from ._protocol import ArrayLike
 from ._samplers import (
     ForegroundOversampler,
@@ -37,6 +38,7 @@ __all__ = [
     "VolumeSource",
     "WeightedSampler",
     "__version__",
+    "axis_plane",
     "axis_starts",
     "build_patch_index",
     "cell_counts",
@@ -44,6 +46,9 @@ __all__ = [
     "fingerprint",
     "grid_positions",
     "grid_starts",
+    "plane_basis",
+    "plane_coordinates",
+    "plane_patch",
     "resolve_stride",
     "sample_locations",
     "screen_patches",
