@@ -1,4 +1,4 @@
-"""voxflow-slicing: patch grids, extraction, screening, patch indexes, samplers, planes.
+"""voxflow-slicing: grids, extraction, screening, patch indexes, samplers, planes, stitching.
 
 Works on any array-like with ``shape``, ``dtype`` and numpy-style slicing (numpy, memory maps,
 zarr, dask, voxflow-io ``Volume``); depends on numpy and scipy only.
@@ -21,11 +21,20 @@ from ._samplers import (
     sample_locations,
 )
 from ._screen import PatchScreen, cell_counts, screen_patches
+from ._stitch import (
+    Block,
+    block_plan,
+    importance_map,
+    iter_rank_blocks,
+    predict_block,
+    sliding_window_predict,
+)
 
 __version__ = version("voxflow-slicing")
 
 __all__ = [
     "ArrayLike",
+    "Block",
     "BorderError",
     "ForegroundOversampler",
     "GridError",
@@ -40,16 +49,21 @@ __all__ = [
     "__version__",
     "axis_plane",
     "axis_starts",
+    "block_plan",
     "build_patch_index",
     "cell_counts",
     "extract_patch",
     "fingerprint",
     "grid_positions",
     "grid_starts",
+    "importance_map",
+    "iter_rank_blocks",
     "plane_basis",
     "plane_coordinates",
     "plane_patch",
+    "predict_block",
     "resolve_stride",
     "sample_locations",
     "screen_patches",
+    "sliding_window_predict",
 ]

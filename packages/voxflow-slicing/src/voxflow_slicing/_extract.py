@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from ._errors import BorderError
-from ._protocol import ArrayLike, read_box
+from ._protocol import ArrayLike, read_box, trailing
 
 BorderPolicy = Literal["error", "constant", "reflect"]
 
@@ -73,8 +73,7 @@ def extract_patch(
         if all(h > lo_ for lo_, h in zip(lo, hi, strict=True)):
             data = read_box(array, tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)))
             target = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start_t, strict=True))
-            key: tuple[Any, ...] = (Ellipsis, *target)
-            out[key] = data
+            out[trailing(target)] = data
         return out
     if border == "reflect":
         maps = [
@@ -84,6 +83,5 @@ def extract_patch(
         box = tuple(slice(int(m.min()), int(m.max()) + 1) for m in maps)
         data = read_box(array, box)
         index = np.ix_(*[m - b.start for m, b in zip(maps, box, strict=True)])
-        key = (Ellipsis, *index)
-        return np.ascontiguousarray(data[key])
+        return np.ascontiguousarray(data[trailing(index)])
     raise BorderError(f"border {border!r} must be 'error', 'constant' or 'reflect'")

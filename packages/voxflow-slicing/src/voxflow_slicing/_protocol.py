@@ -6,6 +6,7 @@ Reading ``array[tuple_of_slices]`` must return something ``numpy.asarray`` accep
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -24,6 +25,11 @@ class ArrayLike(Protocol):
     def __getitem__(self, key: Any, /) -> Any: ...
 
 
+def trailing(slices: Iterable[Any]) -> tuple[Any, ...]:
+    """An index that applies ``slices`` to the last axes and keeps the leading ones whole."""
+    return (Ellipsis, *slices)
+
+
 def read_box(array: ArrayLike, box: tuple[slice, ...]) -> np.ndarray:
     """Read ``array[box]`` (leading axes not named in ``box`` whole) as a numpy array."""
-    return np.asarray(array[(Ellipsis, *box)])
+    return np.asarray(array[trailing(box)])
