@@ -28,21 +28,13 @@ ImportanceMode = Literal["constant", "gaussian", "hann"]
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 
-def importance_map(
+def importance_profiles(
     patch_size: Sequence[int], mode: ImportanceMode = "gaussian", *, sigma_scale: float = 0.125
-) -> np.ndarray:
-    """Per-voxel weight of a window's prediction, maximum 1, strictly positive.
-
-    Modes:
-        ``constant``: all ones (plain averaging, as MONAI's ``mode="constant"``).
-        ``gaussian``: ``exp(-(i - c)^2 / (2 sigma^2))`` per axis with centre
-            ``c = (p - 1) / 2`` and ``sigma = sigma_scale * p`` (nnU-Net's 1/8), multiplied
-            over axes and scaled to a maximum of 1.
-        ``hann``: ``sin^2(pi (i + 0.5) / p)`` per axis, multiplied (never zero at the edges,
-            so border voxels covered by a single window keep a weight).
+) -> list[np.ndarray]:
+    """Per-axis 1D weight profiles whose outer product is :func:`importance_map` (unscaled).
 
     Returns:
-        ``(*patch_size)`` float64.
+        One ``(p,)`` float64 profile per axis, each with maximum 1.
     """
     size = [int(p) for p in patch_size]
     if not size or any(p < 1 for p in size):
@@ -51,20 +43,40 @@ def importance_map(
     for p in size:
         i = np.arange(p, dtype=np.float64)
         if mode == "constant":
-            profiles.append(np.ones(p))
+            profile = np.ones(p)
         elif mode == "gaussian":
             if sigma_scale <= 0:
                 raise SlicingError(f"sigma_scale must be positive, found {sigma_scale}")
             sigma = sigma_scale * p
-            profiles.append(np.exp(-((i - (p - 1) / 2) ** 2) / (2 * sigma**2)))
+            profile = np.exp(-((i - (p - 1) / 2) ** 2) / (2 * sigma**2))
         elif mode == "hann":
-            profiles.append(np.sin(np.pi * (i + 0.5) / p) ** 2)
+            profile = np.sin(np.pi * (i + 0.5) / p) ** 2
         else:
             raise SlicingError(f"mode {mode!r} must be 'constant', 'gaussian' or 'hann'")
+        profiles.append(profile / profile.max())
+    return profiles
+
+
+def importance_map(
+    patch_size: Sequence[int], mode: ImportanceMode = "gaussian", *, sigma_scale: float = 0.125
+) -> np.ndarray:
+    """Per-voxel weight of a window's prediction, maximum 1, strictly positive.
+
+    Modes (each a product of per-axis profiles, see :func:`importance_profiles`):
+        ``constant``: all ones (plain averaging, as MONAI's ``mode="constant"``).
+        ``gaussian``: ``exp(-(i - c)^2 / (2 sigma^2))`` per axis with centre
+            ``c = (p - 1) / 2`` and ``sigma = sigma_scale * p`` (nnU-Net's 1/8).
+        ``hann``: ``sin^2(pi (i + 0.5) / p)`` per axis (never zero at the edges, so border
+            voxels covered by a single window keep a weight).
+
+    Returns:
+        ``(*patch_size)`` float64.
+    """
+    profiles = importance_profiles(patch_size, mode, sigma_scale=sigma_scale)
     weights = profiles[0]
     for profile in profiles[1:]:
         weights = np.multiply.outer(weights, profile)
-    return weights / weights.max()
+    return weights
 
 
 @dataclass(frozen=True)
@@ -136,11 +148,14 @@ def predict_block(
     block: Block,
     predict: Predictor,
     patch_size: Sequence[int],
-    importance: np.ndarray,
+    profiles: Sequence[np.ndarray],
     *,
     batch_size: int = 8,
 ) -> np.ndarray:
     """Predict every window of ``block`` and return the weighted average over its region.
+
+    The weights are separable, so their sum over the block's windows (a cartesian grid) is
+    the outer product of per-axis sums: only the predictions are accumulated voxel by voxel.
 
     Args:
         source: ``(*leading, *spatial)`` input array-like; only ``block.input_region`` is read.
@@ -148,20 +163,25 @@ def predict_block(
         predict: Maps a batch ``(B, *leading, *patch_size)`` to ``(B, *out, *patch_size)``
             (any float dtype); called with at most ``batch_size`` windows.
         patch_size: Window size.
-        importance: ``(*patch_size)`` weights from :func:`importance_map`.
+        profiles: Per-axis weight profiles from :func:`importance_profiles`.
         batch_size: Windows per ``predict`` call.
 
     Returns:
         ``(*out, *region_shape)`` float32: sum of weighted predictions / sum of weights.
     """
     patch = tuple(int(p) for p in patch_size)
-    if importance.shape != patch:
-        raise SlicingError(f"importance map shape {importance.shape} differs from patch {patch}")
+    if tuple(len(p) for p in profiles) != patch:
+        raise SlicingError(
+            f"importance profiles of lengths {[len(p) for p in profiles]} differ from patch {patch}"
+        )
+    importance = profiles[0].astype(np.float32)
+    for profile in profiles[1:]:
+        importance = np.multiply.outer(importance, profile.astype(np.float32))
     data = read_box(source, block.input_region)
     offset = np.array([r.start for r in block.input_region])
     region_shape = tuple(r.stop - r.start for r in block.region)
-    weight_sum = np.zeros(region_shape, np.float64)
     accumulator: np.ndarray | None = None
+    scratch: np.ndarray | None = None
     d = len(patch)
     for first in range(0, len(block.windows), batch_size):
         starts = block.windows[first : first + batch_size]
@@ -183,17 +203,35 @@ def predict_block(
                 f"({len(starts)}, ..., {', '.join(map(str, patch))})"
             )
         if accumulator is None:
-            accumulator = np.zeros(
-                (*prediction.shape[1 : prediction.ndim - d], *region_shape), np.float64
-            )
+            channels = prediction.shape[1 : prediction.ndim - d]
+            accumulator = np.zeros((*channels, *region_shape), np.float32)
+            scratch = np.empty((*channels, *patch), np.float32)
+        assert scratch is not None
         for start, window in zip(starts, prediction, strict=True):
             inside, target = _overlap(start, patch, block.region)
-            weights = importance[inside]
-            accumulator[trailing(target)] += window[trailing(inside)] * weights
-            weight_sum[target] += weights
+            part = scratch[trailing(slice(0, s.stop - s.start) for s in inside)]
+            np.multiply(window[trailing(inside)], importance[inside], out=part, casting="unsafe")
+            accumulator[trailing(target)] += part
     if accumulator is None:
         raise SlicingError(f"block {block.region} has no windows")
-    return (accumulator / weight_sum).astype(np.float32)
+    weight_sum = _weight_sum(block, patch, profiles).astype(np.float32)
+    np.divide(accumulator, weight_sum, out=accumulator)
+    return accumulator
+
+
+def _weight_sum(block: Block, patch: tuple[int, ...], profiles: Sequence[np.ndarray]) -> np.ndarray:
+    """Sum of every window's weights over the block region, axis by axis (outer product)."""
+    total: np.ndarray | None = None
+    for axis, (region, profile, p) in enumerate(zip(block.region, profiles, patch, strict=True)):
+        sums = np.zeros(region.stop - region.start)
+        for start in np.unique(block.windows[:, axis]):
+            lo, hi = max(int(start), region.start), min(int(start) + p, region.stop)
+            sums[lo - region.start : hi - region.start] += profile[
+                lo - int(start) : hi - int(start)
+            ]
+        total = sums if total is None else np.multiply.outer(total, sums)
+    assert total is not None
+    return total
 
 
 def _overlap(
@@ -243,16 +281,14 @@ def sliding_window_predict(
     if block_shape is None:
         chunks = getattr(output, "chunks", None)
         block_shape = tuple(chunks[-d:]) if isinstance(chunks, tuple) else spatial
-    importance = importance_map(patch_size, mode, sigma_scale=sigma_scale)
+    profiles = importance_profiles(patch_size, mode, sigma_scale=sigma_scale)
     plan = (
         list(blocks)
         if blocks is not None
         else block_plan(spatial, patch_size, block_shape, overlap=overlap)
     )
     for block in plan:
-        result = predict_block(
-            source, block, predict, patch_size, importance, batch_size=batch_size
-        )
+        result = predict_block(source, block, predict, patch_size, profiles, batch_size=batch_size)
         if output is None:
             output = np.zeros((*result.shape[: result.ndim - d], *spatial), np.float32)
         output[trailing(block.region)] = result
