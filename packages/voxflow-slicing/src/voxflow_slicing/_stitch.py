@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -156,6 +158,8 @@ def predict_block(
 
     The weights are separable, so their sum over the block's windows (a cartesian grid) is
     the outer product of per-axis sums: only the predictions are accumulated voxel by voxel.
+    Batch assembly, accumulation and normalisation run on a thread pool, each thread owning
+    a disjoint range of the block's first spatial axis (numpy arithmetic releases the GIL).
 
     Args:
         source: ``(*leading, *spatial)`` input array-like; only ``block.input_region`` is read.
@@ -180,22 +184,23 @@ def predict_block(
     data = read_box(source, block.input_region)
     offset = np.array([r.start for r in block.input_region])
     region_shape = tuple(r.stop - r.start for r in block.region)
-    accumulator: np.ndarray | None = None
-    scratch: np.ndarray | None = None
     d = len(patch)
+    rows = region_shape[0]
+    parts = min(_workers(), rows)
+    owners = [slice(rows * i // parts, rows * (i + 1) // parts) for i in range(parts)]
+    accumulator: np.ndarray | None = None
+    scratch: list[np.ndarray] = []
     for first in range(0, len(block.windows), batch_size):
         starts = block.windows[first : first + batch_size]
-        batch = np.stack(
-            [
-                data[
-                    trailing(
-                        slice(s - o, s - o + p)
-                        for s, o, p in zip(start, offset, patch, strict=True)
-                    )
-                ]
-                for start in starts
-            ]
-        )
+        batch = np.empty((len(starts), *data.shape[: data.ndim - d], *patch), data.dtype)
+
+        def gather(item: int, starts: np.ndarray = starts, batch: np.ndarray = batch) -> None:
+            box = (
+                slice(s - o, s - o + p) for s, o, p in zip(starts[item], offset, patch, strict=True)
+            )
+            batch[item] = data[trailing(box)]
+
+        _run_parallel(gather, range(len(starts)))
         prediction = np.asarray(predict(batch))
         if prediction.shape[0] != len(starts) or prediction.shape[prediction.ndim - d :] != patch:
             raise SlicingError(
@@ -205,23 +210,80 @@ def predict_block(
         if accumulator is None:
             channels = prediction.shape[1 : prediction.ndim - d]
             accumulator = np.zeros((*channels, *region_shape), np.float32)
-            scratch = np.empty((*channels, *patch), np.float32)
-        assert scratch is not None
-        for start, window in zip(starts, prediction, strict=True):
-            inside, target = _overlap(start, patch, block.region)
-            part = scratch[trailing(slice(0, s.stop - s.start) for s in inside)]
-            np.multiply(window[trailing(inside)], importance[inside], out=part, casting="unsafe")
-            accumulator[trailing(target)] += part
+            scratch = [np.empty((*channels, *patch), np.float32) for _ in owners]
+
+        def add(
+            owner: int,
+            starts: np.ndarray = starts,
+            prediction: np.ndarray = prediction,
+            accumulator: np.ndarray = accumulator,
+            scratch: list[np.ndarray] = scratch,
+        ) -> None:
+            _accumulate(
+                accumulator,
+                scratch[owner],
+                owners[owner],
+                starts,
+                prediction,
+                importance,
+                patch,
+                block.region,
+            )
+
+        _run_parallel(add, range(len(owners)))
     if accumulator is None:
         raise SlicingError(f"block {block.region} has no windows")
-    weight_sum = _weight_sum(block, patch, profiles).astype(np.float32)
-    np.divide(accumulator, weight_sum, out=accumulator)
+    sums = _weight_sums(block, patch, profiles)
+    inner = np.ones(())
+    for axis_sums in sums[1:]:
+        inner = np.multiply.outer(inner, axis_sums)
+    reciprocal_inner = (1.0 / inner).astype(np.float32)
+    reciprocal_rows = (1.0 / sums[0]).astype(np.float32)
+    rest = [slice(None)] * (d - 1)
+
+    def normalise(owner: int, accumulator: np.ndarray = accumulator) -> None:
+        # Row by row, so the block's weight sum is never materialised whole.
+        for row in range(owners[owner].start, owners[owner].stop):
+            view = accumulator[trailing([row, *rest])]
+            np.multiply(view, reciprocal_inner * reciprocal_rows[row], out=view)
+
+    _run_parallel(normalise, range(len(owners)))
     return accumulator
 
 
-def _weight_sum(block: Block, patch: tuple[int, ...], profiles: Sequence[np.ndarray]) -> np.ndarray:
-    """Sum of every window's weights over the block region, axis by axis (outer product)."""
-    total: np.ndarray | None = None
+def _accumulate(
+    accumulator: np.ndarray,
+    scratch: np.ndarray,
+    rows: slice,
+    starts: np.ndarray,
+    prediction: np.ndarray,
+    importance: np.ndarray,
+    patch: tuple[int, ...],
+    region: tuple[slice, ...],
+) -> None:
+    """Add weighted windows into the block-relative ``rows`` of the accumulator only."""
+    for start, window in zip(starts, prediction, strict=True):
+        inside, target = _overlap(start, patch, region)
+        lo, hi = max(target[0].start, rows.start), min(target[0].stop, rows.stop)
+        if hi <= lo:
+            continue
+        shift = inside[0].start - target[0].start
+        inside = (slice(lo + shift, hi + shift), *inside[1:])
+        target = (slice(lo, hi), *target[1:])
+        part = scratch[trailing(slice(0, s.stop - s.start) for s in inside)]
+        np.multiply(window[trailing(inside)], importance[inside], out=part, casting="unsafe")
+        accumulator[trailing(target)] += part
+
+
+def _weight_sums(
+    block: Block, patch: tuple[int, ...], profiles: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """Per axis, the window profiles summed over the block region.
+
+    Windows form a cartesian grid and the weights are a product of per-axis profiles, so the
+    total weight at a voxel is the product of these per-axis sums.
+    """
+    result = []
     for axis, (region, profile, p) in enumerate(zip(block.region, profiles, patch, strict=True)):
         sums = np.zeros(region.stop - region.start)
         for start in np.unique(block.windows[:, axis]):
@@ -229,9 +291,32 @@ def _weight_sum(block: Block, patch: tuple[int, ...], profiles: Sequence[np.ndar
             sums[lo - region.start : hi - region.start] += profile[
                 lo - int(start) : hi - int(start)
             ]
-        total = sums if total is None else np.multiply.outer(total, sums)
-    assert total is not None
-    return total
+        result.append(sums)
+    return result
+
+
+def _run_parallel(function: Callable[[int], object], items: range) -> None:
+    if len(items) == 1:
+        function(items[0])
+        return
+    for future in [_pool().submit(function, item) for item in items]:
+        future.result()
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """A process-local pool, made again after a fork."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(_workers(), thread_name_prefix="voxflow-stitch"))
+    return _POOL[1]
+
+
+def _workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, cores or 1))
 
 
 def _overlap(
@@ -289,6 +374,8 @@ def sliding_window_predict(
     )
     for block in plan:
         result = predict_block(source, block, predict, patch_size, profiles, batch_size=batch_size)
+        if output is None and len(plan) == 1:
+            return result  # the only block is the whole volume: no copy
         if output is None:
             output = np.zeros((*result.shape[: result.ndim - d], *spatial), np.float32)
         output[trailing(block.region)] = result
