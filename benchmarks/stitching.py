@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torchio as tio
 from monai.inferers import sliding_window_inference
+from tiler import Merger, Tiler
 
 from voxflow_slicing import sliding_window_predict
 
@@ -86,12 +87,25 @@ def main() -> None:
                 aggregator.add_batch(batch["image"][tio.DATA], batch[tio.LOCATION])
         return aggregator.get_output_tensor().numpy()
 
+    def tiler_peer() -> np.ndarray:
+        tiles = Tiler(
+            data_shape=volume.shape,
+            tile_shape=(1, *PATCH),
+            overlap=(0, 0.5, 0.5, 0.5),
+            channel_dimension=0,
+        )
+        merger = Merger(tiler=tiles, window="hann")
+        for batch_id, batch in tiles(volume, batch_size=BATCH):
+            merger.add_batch(batch_id, BATCH, batch)
+        return merger.merge(unpad=True)
+
     rows = [
         (name, *measure(run, volume))
         for name, run in (
             ("voxflow", voxflow),
             ("MONAI sliding_window_inference", monai),
             ("torchio GridSampler + GridAggregator", torchio),
+            ("tiler Tiler + Merger (hann)", tiler_peer),
         )
     ]
     base = rows[0][1]

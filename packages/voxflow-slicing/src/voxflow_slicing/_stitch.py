@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -372,13 +372,23 @@ def sliding_window_predict(
         if blocks is not None
         else block_plan(spatial, patch_size, block_shape, overlap=overlap)
     )
-    for block in plan:
-        result = predict_block(source, block, predict, patch_size, profiles, batch_size=batch_size)
-        if output is None and len(plan) == 1:
-            return result  # the only block is the whole volume: no copy
-        if output is None:
-            output = np.zeros((*result.shape[: result.ndim - d], *spatial), np.float32)
-        output[trailing(block.region)] = result
+    # One write in flight while the next block is predicted: encoding a compressed output
+    # overlaps with the arithmetic, and memory stays at two blocks.
+    with ThreadPoolExecutor(1, thread_name_prefix="voxflow-stitch-write") as writer:
+        pending: Future[None] | None = None
+        for block in plan:
+            result = predict_block(
+                source, block, predict, patch_size, profiles, batch_size=batch_size
+            )
+            if output is None and len(plan) == 1:
+                return result  # the only block is the whole volume: no copy
+            if output is None:
+                output = np.zeros((*result.shape[: result.ndim - d], *spatial), np.float32)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(output.__setitem__, trailing(block.region), result)
+        if pending is not None:
+            pending.result()
     return output
 
 
