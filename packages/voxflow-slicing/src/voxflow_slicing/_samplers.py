@@ -21,8 +21,8 @@ from ._errors import SlicingError
 from ._index import PatchIndex
 
 
-class _ShardedSampler(ABC):
-    """Common seed/epoch/rank handling; subclasses implement ``_global_sequence``."""
+class _Seeded:
+    """Seed, epoch and DDP rank shared by every sampler."""
 
     def __init__(self, *, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
@@ -38,6 +38,10 @@ class _ShardedSampler(ABC):
 
     def _generator(self) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.epoch))
+
+
+class _ShardedSampler(_Seeded, ABC):
+    """Index samplers: subclasses give the epoch's global sequence, this shards it."""
 
     @abstractmethod
     def _global_sequence(self) -> np.ndarray:
@@ -149,7 +153,7 @@ class PatchDraw:
     foreground_centred: bool
 
 
-class ForegroundOversampler:
+class ForegroundOversampler(_Seeded):
     """nnU-Net-style batches: a fraction centred on voxels of chosen classes, the rest random.
 
     Within every batch, the last ``round(batch_size * foreground_fraction)`` draws are centred
@@ -182,10 +186,9 @@ class ForegroundOversampler:
             raise SlicingError(
                 f"foreground_fraction must lie in [0, 1], found {foreground_fraction}"
             )
+        super().__init__(seed=seed, num_replicas=num_replicas, rank=rank)
         if batch_size < 1 or batches_per_epoch < 1:
             raise SlicingError("batch_size and batches_per_epoch must be >= 1")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise SlicingError(f"rank {rank} must lie in [0, num_replicas={num_replicas})")
         unknown = sorted(set(locations) - set(index.volumes))
         if unknown:
             raise SlicingError(f"locations name volumes {unknown} that are not in the index")
@@ -204,20 +207,13 @@ class ForegroundOversampler:
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
         self.foreground_per_batch = round(batch_size * foreground_fraction)
-        self.seed = int(seed)
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return math.ceil(self.batches_per_epoch / self.num_replicas) * self.batch_size
 
     def batches(self) -> list[list[PatchDraw]]:
         """This rank's batches for the current epoch."""
-        rng = np.random.default_rng((self.seed, self.epoch))
+        rng = self._generator()
         per_rank = math.ceil(self.batches_per_epoch / self.num_replicas)
         half = np.asarray(self.index.patch_size, np.int64) // 2
         result: list[list[PatchDraw]] = []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 from ._errors import ScreeningError
 from ._grid import SmallPolicy, grid_starts, positions_from_starts
 from ._protocol import ArrayLike
+from ._threads import default_workers
 
 logger = logging.getLogger(__name__)
 
@@ -127,15 +127,7 @@ def screen_patches(
     for low, h in zip(lo, hi, strict=True):
         volume = np.multiply.outer(volume, (h - low).astype(np.float64))
     volume = volume.reshape(-1)
-    workers = threads or max(
-        1,
-        min(
-            8,
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1),
-        ),
-    )
+    workers = threads or default_workers()
     foreground = _window_sums(labels, boundaries, lo, hi, workers) / volume
     mask_fraction = None
     keep = foreground >= min_foreground_fraction

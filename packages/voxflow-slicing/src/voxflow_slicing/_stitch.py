@@ -23,6 +23,7 @@ import numpy as np
 from ._errors import GridError, SlicingError
 from ._grid import grid_starts, positions_from_starts
 from ._protocol import ArrayLike, read_box, trailing
+from ._threads import default_workers
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def predict_block(
     region_shape = tuple(r.stop - r.start for r in block.region)
     d = len(patch)
     rows = region_shape[0]
-    parts = min(_workers(), rows)
+    parts = min(default_workers(), rows)
     owners = [slice(rows * i // parts, rows * (i + 1) // parts) for i in range(parts)]
     accumulator: np.ndarray | None = None
     scratch: list[np.ndarray] = []
@@ -310,13 +311,11 @@ def _pool() -> ThreadPoolExecutor:
     """A process-local pool, made again after a fork."""
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(_workers(), thread_name_prefix="voxflow-stitch"))
+        _POOL = (
+            os.getpid(),
+            ThreadPoolExecutor(default_workers(), thread_name_prefix="voxflow-stitch"),
+        )
     return _POOL[1]
-
-
-def _workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, cores or 1))
 
 
 def _overlap(
