@@ -1,0 +1,195 @@
+"""Configuration: YAML/TOML files into pydantic models, ``base:`` composition, dotted overrides.
+
+Every error names where the bad value came from (the file, or the command-line override), the
+dotted field path, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ._errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_config_file(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML or TOML mapping, merged over its ``base:`` file (recursively).
+
+    ``base`` is a path relative to the file that names it; the file's own values win, nested
+    mappings merge key by key, anything else (lists, scalars) is replaced whole.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise ConfigError(f"{path}: 'base' files form a cycle: {chain}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(
+                f"{path}: configuration must be .yaml, .yml or .toml, found {path.suffix!r}"
+            )
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, found {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a file path, found {base!r}")
+    merged = read_config_file(path.parent / base, (*_seen, path))
+    return _merge(merged, data)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Sequence[str], model: type[BaseModel]
+) -> dict[str, Any]:
+    """Set ``a.b.c=value`` overrides (values parsed as YAML: ``100``, ``[64, 64]``, ``true``).
+
+    Each dotted path must name fields of ``model``; an unknown step is an error that lists
+    the fields allowed there.
+    """
+    out = _merge({}, data)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r}: expected dotted.path=value")
+        dotted, raw = override.split("=", 1)
+        keys = dotted.strip().split(".")
+        _check_path(keys, model, override)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override {override!r}: value {raw!r} is not valid YAML: {exc}"
+            ) from exc
+        target = out
+        for key in keys[:-1]:
+            child = target.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                target[key] = child
+            target = child
+        target[keys[-1]] = value
+    return out
+
+
+def _check_path(keys: list[str], model: type[BaseModel], override: str) -> None:
+    current: type[BaseModel] | None = model
+    for depth, key in enumerate(keys):
+        if current is None:
+            raise ConfigError(
+                f"override {override!r}: {'.'.join(keys[:depth])} is not a section, so it has no "
+                f"field {key!r}"
+            )
+        fields = current.model_fields
+        if key not in fields:
+            where = ".".join(keys[:depth]) or "the top level"
+            raise ConfigError(
+                f"override {override!r}: unknown field {'.'.join(keys[: depth + 1])!r}; fields "
+                f"allowed in {where}: {sorted(fields)}"
+            )
+        annotation = fields[key].annotation
+        current = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    model: type[M],
+    overrides: Sequence[str] = (),
+) -> M:
+    """Load ``path`` (YAML/TOML, with ``base:``), apply ``overrides``, validate into ``model``.
+
+    Args:
+        path: Configuration file, or None to start from the model's defaults.
+        model: A pydantic model; give it ``extra="forbid"`` so typos are errors.
+        overrides: ``dotted.path=value`` strings, applied after the file.
+
+    Raises:
+        ConfigError: one message per problem: source (file or override), dotted path,
+            what was expected and what was found.
+    """
+    data = read_config_file(path) if path is not None else {}
+    source = str(Path(path).resolve()) if path is not None else "defaults"
+    from_overrides = {o.split("=", 1)[0].strip(): o for o in overrides if "=" in o}
+    data = apply_overrides(data, overrides, model)
+    try:
+        config = model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, from_overrides, model)) from exc
+    logger.debug("loaded configuration from %s with %d override(s)", source, len(overrides))
+    return config
+
+
+def _describe(
+    exc: ValidationError, source: str, from_overrides: dict[str, str], model: type[BaseModel]
+) -> str:
+    lines = []
+    for error in exc.errors():
+        dotted = ".".join(str(part) for part in error["loc"])
+        origin = next(
+            (
+                f"override {o!r}"
+                for path, o in from_overrides.items()
+                if dotted == path or dotted.startswith(path + ".")
+            ),
+            source,
+        )
+        found = error.get("input")
+        if error["type"] == "extra_forbidden":
+            parent = error["loc"][:-1]
+            allowed = _fields_at(model, parent)
+            lines.append(
+                f"{origin}: {dotted}: unknown field (found {found!r}); allowed fields: {allowed}"
+            )
+        else:
+            lines.append(f"{origin}: {dotted}: {error['msg']} (found {found!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _fields_at(model: type[BaseModel], path: Sequence[Any]) -> list[str]:
+    current: Any = model
+    for key in path:
+        if (
+            not (isinstance(current, type) and issubclass(current, BaseModel))
+            or key not in current.model_fields
+        ):
+            return []
+        current = current.model_fields[key].annotation
+    return (
+        sorted(current.model_fields)
+        if isinstance(current, type) and issubclass(current, BaseModel)
+        else []
+    )
