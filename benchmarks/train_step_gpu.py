@@ -49,7 +49,7 @@ def contrastive_step(precision: str) -> tuple[float, float, float]:
     views = torch.randn(512, 2, 128, 128, device="cuda")
 
     def objective(output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        projections = output[1].float()
+        projections = output[1]
         return loss(projections[:256], projections[256:])
 
     return run(model, objective, views, precision)

@@ -96,3 +96,12 @@ def test_deep_supervision_loss_is_the_weighted_sum_over_scales() -> None:
         + 1 / 7 * dice_ce(predictions[2], target[:, :, ::4, ::4, ::4])
     )
     torch.testing.assert_close(value, expected)
+
+
+def test_half_precision_projections_are_compared_in_float32() -> None:
+    torch.manual_seed(4)
+    first, second = torch.randn(8, 16), torch.randn(8, 16)
+    reference = NTXentHCLLoss(0.1, beta=2.0)(first, second)
+    value = NTXentHCLLoss(0.1, beta=2.0)(first.bfloat16(), second.bfloat16())
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, reference, rtol=2e-2, atol=2e-2)

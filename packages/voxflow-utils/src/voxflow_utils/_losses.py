@@ -70,7 +70,10 @@ def _pair_similarities(first: torch.Tensor, second: torch.Tensor) -> torch.Tenso
             f"views must both be (B, D) with B >= 2, found {tuple(first.shape)} and "
             f"{tuple(second.shape)}"
         )
-    embeddings = functional.normalize(torch.cat([first, second]), dim=1)
+    embeddings = torch.cat([first, second])
+    if embeddings.dtype in (torch.float16, torch.bfloat16):
+        embeddings = embeddings.float()  # exp and log-sum-exp of similarities need float32 range
+    embeddings = functional.normalize(embeddings, dim=1)
     return embeddings @ embeddings.T
 
 
