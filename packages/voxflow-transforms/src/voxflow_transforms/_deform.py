@@ -1,0 +1,159 @@
+"""Elastic deformation and crops: the spatial transforms that are not affine maps of the whole
+field of view."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ._base import Params
+from ._batch import bernoulli, check_range, uniform
+from ._errors import BatchError, TransformConfigError
+from ._filters import gaussian_smooth
+from ._resample import SpatialPlan, translation
+from ._spatial import SpatialTransform
+
+
+class RandElastic(SpatialTransform):
+    """Smooth random displacement of every voxel (elastic deformation).
+
+    The displacement field is white noise smoothed by a Gaussian of ``sigma`` voxels and scaled
+    so that its root-mean-square length is ``magnitude`` voxels. It is drawn on a control grid
+    of ``spacing`` voxels and interpolated linearly at the output voxels: a Gaussian-smoothed
+    field is nearly linear between control points a fraction of ``sigma`` apart, and a coarse
+    grid is what makes elastic deformation affordable (MONAI's ``Rand3DElastic`` smooths
+    full-resolution noise, its cost grows with the volume; here it grows with the grid).
+
+    Args:
+        sigma: ``(low, high)`` smoothness in voxels, drawn per sample (> 0).
+        magnitude: ``(low, high)`` RMS displacement in voxels, drawn per sample (>= 0).
+        spacing: control-point spacing in voxels; default ``max(1, low sigma / 2)``.
+
+    Params: ``field`` ``(B, D, *control)`` float32 displacements in voxels (zero where not
+    applied), (z, y, x) order.
+    """
+
+    resamples = True
+
+    def __init__(
+        self,
+        keys=None,
+        prob: float = 1.0,
+        *,
+        sigma: float | Sequence[float] = (8.0, 12.0),
+        magnitude: float | Sequence[float] = (2.0, 4.0),
+        spacing: float | None = None,
+        **kwargs,
+    ):
+        super().__init__(keys, prob, **kwargs)
+        self.sigma = check_range("RandElastic(sigma=...)", sigma, low=1e-3)
+        self.magnitude = check_range("RandElastic(magnitude=...)", magnitude, low=0.0)
+        if spacing is not None and not (isinstance(spacing, int | float) and spacing >= 1):
+            raise TransformConfigError(
+                f"RandElastic: spacing must be >= 1 voxel, found {spacing!r}"
+            )
+        self.spacing = float(spacing) if spacing is not None else max(1.0, self.sigma[0] / 2)
+
+    def draw(self, batch_size, spatial_shape, generator):
+        control = [max(2, math.ceil((s - 1) / self.spacing) + 1) for s in spatial_shape]
+        noise = torch.randn((batch_size, len(spatial_shape), *control), generator=generator)
+        sigma = uniform(self.sigma, (batch_size,), generator)
+        magnitude = uniform(self.magnitude, (batch_size,), generator)
+        # Control points lie (size - 1) / (count - 1) voxels apart along each axis.
+        step = min(
+            (s - 1) / (c - 1) if s > 1 else 1.0 for s, c in zip(spatial_shape, control, strict=True)
+        )
+        field = gaussian_smooth(noise, (sigma / step).to(torch.float32))
+        rms = field.pow(2).sum(1).mean(dim=tuple(range(1, field.ndim - 1))).sqrt()
+        scale = magnitude.to(torch.float32) / rms.clamp_min(1e-12)
+        apply = bernoulli(self.prob, batch_size, generator)
+        field = field * (scale * apply).reshape(-1, *[1] * (field.ndim - 1))
+        return {"apply": apply, "field": field}
+
+    def extend(self, plan: SpatialPlan, params: Params) -> None:
+        if "field" not in params:
+            return
+        field = params["field"]
+        if field.ndim != len(plan.output_shape) + 2 or field.shape[1] != len(plan.output_shape):
+            raise BatchError(
+                f"RandElastic: field must be (B, {len(plan.output_shape)}, *control), "
+                f"found {tuple(field.shape)}"
+            )
+        plan.then_field(field.to(torch.float32))
+
+
+def check_size(name: str, size: Sequence[int]) -> tuple[int, ...]:
+    """Return a crop size as a tuple of positive ints."""
+    found = tuple(size)
+    if not found or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in found
+    ):
+        raise TransformConfigError(f"{name}: size must be positive integers, found {size!r}")
+    return found
+
+
+class CenterCrop(SpatialTransform):
+    """Crop the centre ``size`` voxels (the extra voxel goes to the end where odd).
+
+    Params: ``offset`` ``(B, D)`` int64, first input voxel of the crop.
+    """
+
+    augmentation = False
+
+    def __init__(self, size: Sequence[int], keys=None, **kwargs):
+        super().__init__(keys, 1.0, **kwargs)
+        self.size = check_size(type(self).__name__, size)
+
+    def _check(self, spatial_shape: tuple[int, ...]) -> None:
+        if len(spatial_shape) != len(self.size) or any(
+            c > s for c, s in zip(self.size, spatial_shape, strict=True)
+        ):
+            raise BatchError(
+                f"{type(self).__name__}: crop size {self.size} does not fit in spatial shape "
+                f"{spatial_shape}"
+            )
+
+    def draw(self, batch_size, spatial_shape, generator):
+        self._check(spatial_shape)
+        start = torch.tensor([(s - c) // 2 for s, c in zip(spatial_shape, self.size, strict=True)])
+        return {
+            "apply": torch.ones(batch_size, dtype=torch.bool),
+            "offset": start.repeat(batch_size, 1),
+        }
+
+    def extend(self, plan, params):
+        self._check(plan.output_shape)
+        offset = params["offset"]
+        limit = torch.tensor(plan.output_shape) - torch.tensor(self.size)
+        if offset.shape[1:] != (len(self.size),) or bool(
+            (offset < 0).any() or (offset > limit).any()
+        ):
+            raise BatchError(
+                f"{type(self).__name__}: offsets must be (B, {len(self.size)}) within "
+                f"0..{limit.tolist()}, "
+                f"found {offset.tolist()}"
+            )
+        plan.then_matrix(translation(offset), self.size)
+
+
+class RandCrop(CenterCrop):
+    """Crop ``size`` voxels at a uniformly random position per sample; the centre in eval mode.
+
+    Used last in a pipeline so that rotations work on a larger patch and the crop removes the
+    borders they invalidate; fused with them, only the cropped voxels are ever interpolated.
+    """
+
+    def draw(self, batch_size, spatial_shape, generator):
+        if not self.training:
+            return super().draw(batch_size, spatial_shape, generator)
+        self._check(spatial_shape)
+        room = torch.tensor([s - c + 1 for s, c in zip(spatial_shape, self.size, strict=True)])
+        offset = (
+            torch.rand(batch_size, len(room), generator=generator, dtype=torch.float64) * room
+        ).long()
+        return {
+            "apply": torch.ones(batch_size, dtype=torch.bool),
+            "offset": offset.minimum(room - 1),
+        }
