@@ -39,7 +39,7 @@ class Transform(Randomizable, ABC):
 
     Args:
         keys: the batch keys the transform acts on; ``None`` (spatial transforms only) means
-            every key of the batch.
+            every tensor of the batch (other values, such as names, pass through).
         prob: probability that a sample is transformed (drawn per sample).
         batched: ``True``: values are ``(B, C, *spatial)``. ``False``: values are one sample
             ``(C, *spatial)``, as inside a per-sample MONAI ``Compose`` in a DataLoader worker.
@@ -99,8 +99,10 @@ class Transform(Randomizable, ABC):
 
     # ---------------------------------------------------------------- calling
     def target_keys(self, batch: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
-        """The keys this transform acts on in ``batch``."""
-        return self.keys if self.keys is not None else tuple(batch)
+        """The keys this transform acts on in ``batch`` (``keys=None``: every tensor)."""
+        if self.keys is not None:
+            return self.keys
+        return tuple(k for k, v in batch.items() if isinstance(v, torch.Tensor))
 
     def layout(self, batch: Batch) -> tuple[int, tuple[int, ...]]:
         """``(B, spatial_shape)`` of ``batch`` over this transform's keys, validated."""

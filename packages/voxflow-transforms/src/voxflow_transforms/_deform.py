@@ -11,7 +11,7 @@ import torch
 from ._base import Params
 from ._batch import bernoulli, check_range, uniform
 from ._errors import BatchError, TransformConfigError
-from ._filters import gaussian_smooth
+from ._filters import gaussian_kernels, gaussian_smooth
 from ._resample import SpatialPlan, translation
 from ._spatial import SpatialTransform
 
@@ -20,9 +20,9 @@ class RandElastic(SpatialTransform):
     """Smooth random displacement of every voxel (elastic deformation).
 
     The displacement field is white noise smoothed by a Gaussian of ``sigma`` voxels and scaled
-    so that its root-mean-square length is ``magnitude`` voxels. It is drawn on a control grid
-    of ``spacing`` voxels and interpolated linearly at the output voxels: a Gaussian-smoothed
-    field is nearly linear between control points a fraction of ``sigma`` apart, and a coarse
+    so that its expected root-mean-square length is ``magnitude`` voxels. It is drawn on a
+    control grid of ``spacing`` voxels and interpolated linearly at the output voxels: a
+    Gaussian-smoothed field is nearly linear between control points a fraction of ``sigma`` apart, and a coarse
     grid is what makes elastic deformation affordable (MONAI's ``Rand3DElastic`` smooths
     full-resolution noise, its cost grows with the volume; here it grows with the grid).
 
@@ -58,19 +58,26 @@ class RandElastic(SpatialTransform):
 
     def draw(self, batch_size, spatial_shape, generator):
         control = [max(2, math.ceil((s - 1) / self.spacing) + 1) for s in spatial_shape]
-        noise = torch.randn((batch_size, len(spatial_shape), *control), generator=generator)
-        sigma = uniform(self.sigma, (batch_size,), generator)
-        magnitude = uniform(self.magnitude, (batch_size,), generator)
         # Control points lie (size - 1) / (count - 1) voxels apart along each axis.
         step = min(
             (s - 1) / (c - 1) if s > 1 else 1.0 for s, c in zip(spatial_shape, control, strict=True)
         )
-        field = gaussian_smooth(noise, (sigma / step).to(torch.float32))
-        rms = field.pow(2).sum(1).mean(dim=tuple(range(1, field.ndim - 1))).sqrt()
-        scale = magnitude.to(torch.float32) / rms.clamp_min(1e-12)
+        sigma = uniform(self.sigma, (batch_size,), generator) / step
+        magnitude = uniform(self.magnitude, (batch_size,), generator)
+        # The noise extends one kernel radius beyond the grid so that smoothing sees no border
+        # and the field is stationary; it is scaled by its expected (not measured) deviation.
+        margin = math.ceil(3.0 * float(sigma.max()))
+        noise = torch.randn(
+            (batch_size, len(spatial_shape), *(c + 2 * margin for c in control)),
+            generator=generator,
+        )
+        field = gaussian_smooth(noise, sigma.to(torch.float32))
+        field = field[(..., *(slice(margin, margin + c) for c in control))]
+        deviation = gaussian_kernels(sigma).pow(2).sum(1).pow(len(spatial_shape) / 2)
+        scale = magnitude / (deviation * math.sqrt(len(spatial_shape)))
         apply = bernoulli(self.prob, batch_size, generator)
-        field = field * (scale * apply).reshape(-1, *[1] * (field.ndim - 1))
-        return {"apply": apply, "field": field}
+        field = field * (scale * apply).to(torch.float32).reshape(-1, *[1] * (field.ndim - 1))
+        return {"apply": apply, "field": field.contiguous()}
 
     def extend(self, plan: SpatialPlan, params: Params) -> None:
         if "field" not in params:

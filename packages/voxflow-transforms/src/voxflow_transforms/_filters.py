@@ -7,23 +7,24 @@ sample and channel), one spatial axis at a time.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 
 def gaussian_kernels(sigma: torch.Tensor, truncate: float = 3.0) -> torch.Tensor:
-    """Normalised 1D Gaussian kernels, one per row of ``sigma``.
+    """Normalised 1D Gaussian kernels, one per row of ``sigma``, each cut at scipy's radius
+    ``int(truncate * sigma + 0.5)`` (so that results equal ``scipy.ndimage.gaussian_filter``).
 
     Shapes:
         sigma: ``(N,)`` float (voxels, >= 0; 0 gives the identity kernel).
-        result: ``(N, 2R+1)`` float64 with ``R = ceil(truncate * max(sigma))``.
+        result: ``(N, 2R+1)`` float64 with ``R`` the largest radius.
     """
-    radius = max(math.ceil(truncate * float(sigma.max())), 0) if sigma.numel() else 0
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     sigma = sigma.to(torch.float64)[:, None]
+    radii = (truncate * sigma + 0.5).floor()
+    radius = int(radii.max()) if sigma.numel() else 0
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-0.5 * (offsets[None] / sigma.clamp_min(1e-12)) ** 2)
+    weights = torch.where(offsets[None].abs() <= radii, weights, 0.0)
     identity = (offsets == 0).to(torch.float64).expand_as(weights)
     weights = torch.where(sigma > 0, weights, identity)
     return weights / weights.sum(dim=1, keepdim=True)

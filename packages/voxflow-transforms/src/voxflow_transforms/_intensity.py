@@ -31,6 +31,8 @@ class IntensityTransform(Transform):
 
     def apply(self, batch: Batch, params: Params) -> Batch:
         out = dict(batch)
+        if not bool(params["apply"].any()):
+            return out  # eval mode or no sample drawn: parameters may hold only the mask
         for index, key in enumerate(self.target_keys(batch)):
             value = batch[key]
             if not value.is_floating_point():

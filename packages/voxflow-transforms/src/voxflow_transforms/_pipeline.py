@@ -127,7 +127,11 @@ class Pipeline(Randomizable):
                 f"{len(self.transforms)} transforms"
             )
         batch = to_batch(data, self.batched, "Pipeline.invert")
-        target = tuple(keys) if keys is not None else tuple(batch)
+        target = (
+            tuple(keys)
+            if keys is not None
+            else tuple(k for k, v in batch.items() if isinstance(v, torch.Tensor))
+        )
         batch_size, spatial = spatial_layout(batch, target, "Pipeline.invert")
         plan = SpatialPlan.identity(batch_size, spatial)
         modes: dict[str, str] = {}
