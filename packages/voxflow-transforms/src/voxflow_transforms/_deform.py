@@ -22,9 +22,10 @@ class RandElastic(SpatialTransform):
     The displacement field is white noise smoothed by a Gaussian of ``sigma`` voxels and scaled
     so that its expected root-mean-square length is ``magnitude`` voxels. It is drawn on a
     control grid of ``spacing`` voxels and interpolated linearly at the output voxels: a
-    Gaussian-smoothed field is nearly linear between control points a fraction of ``sigma`` apart, and a coarse
-    grid is what makes elastic deformation affordable (MONAI's ``Rand3DElastic`` smooths
-    full-resolution noise, its cost grows with the volume; here it grows with the grid).
+    Gaussian-smoothed field is nearly linear between control points a fraction of ``sigma``
+    apart, and a coarse grid is what makes elastic deformation affordable (MONAI's
+    ``Rand3DElastic`` smooths full-resolution noise, its cost grows with the volume; here it
+    grows with the grid).
 
     Args:
         sigma: ``(low, high)`` smoothness in voxels, drawn per sample (> 0).
