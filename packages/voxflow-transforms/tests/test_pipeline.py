@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.data import MetaTensor
+from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose, ScaleIntensityd
 
 import voxflow_transforms as vt
@@ -165,6 +165,18 @@ def test_inside_monai_compose_on_single_samples() -> None:
     assert out["name"] == "a"
     pipeline = vt.Pipeline([vt.RandFlip(), vt.RandCrop((5, 5, 5))], seed=0, batched=False)
     assert pipeline(data)["label"].shape == (1, 5, 5, 5)
+
+
+def test_monai_dataloader_workers_draw_differently() -> None:
+    """MONAI's DataLoader reseeds Randomizable transforms per worker; ours are Randomizable, so
+    two workers starting from the same pickled transform still draw different parameters."""
+    image = torch.rand(1, 6, 6, 6)
+    dataset = Dataset(
+        [{"image": image.clone()} for _ in range(4)],
+        transform=Compose([vt.RandAffine(rotation_degrees=45, batched=False, seed=0)]),
+    )
+    loaded = [item["image"] for item in DataLoader(dataset, batch_size=1, num_workers=2)]
+    assert not torch.equal(loaded[0], loaded[1])  # first item of worker 0 and of worker 1
 
 
 @pytest.mark.gpu
