@@ -29,6 +29,17 @@ class IntensityTransform(Transform):
     def __init__(self, keys: Sequence[str] | str = ("image",), prob: float = 1.0, **kwargs) -> None:
         super().__init__(keys, prob, **kwargs)
 
+    @abstractmethod
+    def parameter_ranges(self) -> dict[str, tuple[tuple[float, float], float]]:
+        """Per-sample parameters: name -> ((low, high), value where not applied)."""
+
+    def draw(self, batch_size, spatial_shape, generator):
+        apply = bernoulli(self.prob, batch_size, generator)
+        params = {"apply": apply}
+        for name, (bounds, neutral) in self.parameter_ranges().items():
+            params[name] = torch.where(apply, uniform(bounds, (batch_size,), generator), neutral)
+        return params
+
     def apply(self, batch: Batch, params: Params) -> Batch:
         out = dict(batch)
         if not bool(params["apply"].any()):
@@ -59,11 +70,13 @@ class RandGaussianNoise(IntensityTransform):
         super().__init__(keys, prob, **kwargs)
         self.std = check_range("RandGaussianNoise(std=...)", std, low=0.0)
 
+    def parameter_ranges(self):
+        return {"std": (self.std, 0.0)}
+
     def draw(self, batch_size, spatial_shape, generator):
-        apply = bernoulli(self.prob, batch_size, generator)
-        std = uniform(self.std, (batch_size,), generator) * apply
-        seed = torch.full((batch_size,), child_seed(generator), dtype=torch.int64)
-        return {"apply": apply, "std": std, "seed": seed}
+        params = super().draw(batch_size, spatial_shape, generator)
+        params["seed"] = torch.full((batch_size,), child_seed(generator), dtype=torch.int64)
+        return params
 
     def apply_one(self, value, params, index):
         noise_generator = device_generator(int(params["seed"][0]) + index, value.device)
@@ -83,9 +96,8 @@ class RandGaussianBlur(IntensityTransform):
         super().__init__(keys, prob, **kwargs)
         self.sigma = check_range("RandGaussianBlur(sigma=...)", sigma, low=0.0)
 
-    def draw(self, batch_size, spatial_shape, generator):
-        apply = bernoulli(self.prob, batch_size, generator)
-        return {"apply": apply, "sigma": uniform(self.sigma, (batch_size,), generator) * apply}
+    def parameter_ranges(self):
+        return {"sigma": (self.sigma, 0.0)}
 
     def apply_one(self, value, params, index):
         return gaussian_smooth(value, params["sigma"])
@@ -104,11 +116,8 @@ class RandBrightness(IntensityTransform):
         self.multiplier = check_range("RandBrightness(multiplier=...)", multiplier)
         self.offset = check_range("RandBrightness(offset=...)", offset)
 
-    def draw(self, batch_size, spatial_shape, generator):
-        apply = bernoulli(self.prob, batch_size, generator)
-        multiplier = torch.where(apply, uniform(self.multiplier, (batch_size,), generator), 1.0)
-        offset = uniform(self.offset, (batch_size,), generator) * apply
-        return {"apply": apply, "multiplier": multiplier, "offset": offset}
+    def parameter_ranges(self):
+        return {"multiplier": (self.multiplier, 1.0), "offset": (self.offset, 0.0)}
 
     def apply_one(self, value, params, index):
         return value * _per_sample(params["multiplier"], value) + _per_sample(
@@ -152,12 +161,8 @@ class RandContrast(IntensityTransform):
         self.factor = check_range("RandContrast(factor=...)", factor, low=0.0)
         self.preserve_range = bool(preserve_range)
 
-    def draw(self, batch_size, spatial_shape, generator):
-        apply = bernoulli(self.prob, batch_size, generator)
-        return {
-            "apply": apply,
-            "factor": torch.where(apply, uniform(self.factor, (batch_size,), generator), 1.0),
-        }
+    def parameter_ranges(self):
+        return {"factor": (self.factor, 1.0)}
 
     def apply_one(self, value, params, index):
         mean = _channel_stat(value, "mean")
@@ -192,12 +197,8 @@ class RandGamma(IntensityTransform):
         self.invert = bool(invert)
         self.retain_stats = bool(retain_stats)
 
-    def draw(self, batch_size, spatial_shape, generator):
-        apply = bernoulli(self.prob, batch_size, generator)
-        return {
-            "apply": apply,
-            "gamma": torch.where(apply, uniform(self.gamma, (batch_size,), generator), 1.0),
-        }
+    def parameter_ranges(self):
+        return {"gamma": (self.gamma, 1.0)}
 
     def apply_one(self, value, params, index):
         epsilon = 1e-7
@@ -236,12 +237,8 @@ class RandLowResolution(IntensityTransform):
         super().__init__(keys, prob, **kwargs)
         self.zoom = check_range("RandLowResolution(zoom=...)", zoom, low=1e-3, high=1.0)
 
-    def draw(self, batch_size, spatial_shape, generator):
-        apply = bernoulli(self.prob, batch_size, generator)
-        return {
-            "apply": apply,
-            "zoom": torch.where(apply, uniform(self.zoom, (batch_size,), generator), 1.0),
-        }
+    def parameter_ranges(self):
+        return {"zoom": (self.zoom, 1.0)}
 
     def apply_one(self, value, params, index):
         out = value.clone()
