@@ -28,7 +28,7 @@ Params = dict[str, torch.Tensor]
 (``(B,)`` bool) says which samples the transform acts on."""
 
 
-def _global_seed() -> int:
+def global_seed() -> int:
     # Seeded from torch's global generator so that torch.manual_seed() makes an unseeded
     # transform reproducible, as users expect from torch code.
     return int(torch.randint(0, 2**62, (1,)).item())
@@ -68,7 +68,7 @@ class Transform(Randomizable, ABC):
         self.batched = bool(batched)
         self.training = True
         self.generator = torch.Generator()
-        self.generator.manual_seed(_global_seed() if seed is None else int(seed))
+        self.generator.manual_seed(global_seed() if seed is None else int(seed))
         self.last_params: Params | None = None
 
     # ---------------------------------------------------------------- what subclasses define

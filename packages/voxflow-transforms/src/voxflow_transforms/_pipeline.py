@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from monai.transforms import Randomizable
 
-from ._base import Params, Transform, _global_seed, check_params, from_batch, to_batch
+from ._base import Params, Transform, check_params, from_batch, global_seed, to_batch
 from ._batch import Batch, spatial_layout
 from ._deform import CenterCrop, RandElastic
 from ._errors import BatchError, TransformConfigError
@@ -28,7 +28,7 @@ class _Fusion:
         self.plan, self.keys = plan, keys
         self.modes: dict[str, str] = {}
         self.padding_mode = "zeros"
-        self.resampler: SpatialTransform | None = None
+        self.resamples = False  # whether a transform with modes and padding joined
 
     def accepts(self, transform: SpatialTransform, keys: tuple[str, ...]) -> bool:
         if keys != self.keys:
@@ -37,14 +37,14 @@ class _Fusion:
             return False
         return not (
             transform.resamples
-            and self.resampler is not None
+            and self.resamples
             and (transform.modes, transform.padding_mode) != (self.modes, self.padding_mode)
         )
 
     def add(self, transform: SpatialTransform, params: Params) -> None:
         transform.extend(self.plan, params)
         if transform.resamples:
-            self.resampler = transform
+            self.resamples = True
             self.modes, self.padding_mode = transform.modes, transform.padding_mode
 
 
@@ -74,18 +74,17 @@ class Pipeline(Randomizable):
                 )
         self.batched = bool(batched)
         self.generator = torch.Generator()
-        self.generator.manual_seed(_global_seed() if seed is None else int(seed))
+        self.generator.manual_seed(global_seed() if seed is None else int(seed))
         self.last_params: list[Params] | None = None
-        self.training = True
 
     def train(self, mode: bool = True) -> Pipeline:
         """Set train (``True``) or eval mode on every transform."""
-        self.training = bool(mode)
         for transform in self.transforms:
             transform.train(mode)
         return self
 
     def eval(self) -> Pipeline:
+        """Eval mode on every transform: augmentations off, crops centred."""
         return self.train(False)
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,11 +101,7 @@ class Pipeline(Randomizable):
 
     def replay(self, data: Mapping[str, Any], params: Sequence[Params]) -> dict[str, Any]:
         """Apply parameters of an earlier call (``last_params``) to ``data``."""
-        if len(params) != len(self.transforms):
-            raise BatchError(
-                f"Pipeline.replay: {len(params)} parameter sets for "
-                f"{len(self.transforms)} transforms"
-            )
+        self._check_count("Pipeline.replay", params)
         batch = to_batch(data, self.batched, "Pipeline")
         return from_batch(data, self._run(batch, list(params)), self.batched)
 
@@ -121,11 +116,7 @@ class Pipeline(Randomizable):
             data values: ``(B, C, *spatial)`` in the augmented space; the result has the same
             shape, in the space of the batch before augmentation.
         """
-        if len(params) != len(self.transforms):
-            raise BatchError(
-                f"Pipeline.invert: {len(params)} parameter sets for "
-                f"{len(self.transforms)} transforms"
-            )
+        self._check_count("Pipeline.invert", params)
         batch = to_batch(data, self.batched, "Pipeline.invert")
         target = (
             tuple(keys)
@@ -149,6 +140,12 @@ class Pipeline(Randomizable):
         inverse.then_matrix(torch.linalg.inv(plan.post), spatial)
         out = resample(batch, target, inverse, modes, padding_mode)
         return from_batch(data, out, self.batched)
+
+    def _check_count(self, where: str, params: Sequence[Params]) -> None:
+        if len(params) != len(self.transforms):
+            raise BatchError(
+                f"{where}: {len(params)} parameter sets for {len(self.transforms)} transforms"
+            )
 
     def _draw(self, batch: Batch) -> list[Params]:
         """Parameters for every transform; spatial shapes follow the chain through its crops."""
