@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from voxflow_utils import ConfigError, load_config
+from voxflow_utils import ConfigError, apply_overrides, load_config
 
 
 class Trainer(BaseModel):
@@ -100,3 +100,37 @@ def test_missing_required_field_and_bad_files(tmp_path: Path) -> None:
     write(tmp_path / "b.yaml", "base: a.yaml\n")
     with pytest.raises(ConfigError, match="form a cycle"):
         load_config(tmp_path / "a.yaml", Experiment)
+
+
+def test_overrides_enter_optional_sections_and_mappings() -> None:
+    from typing import Any
+
+    from pydantic import BaseModel, ConfigDict
+
+    class Leaf(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        prob: float = 0.5
+
+    class Root(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        flip: Leaf | None = None
+        losses: dict[str, Leaf] = {}
+        kwargs: dict[str, Any] = {}
+        size: list[int] = [1]
+
+    data = apply_overrides(
+        {},
+        ["flip.prob=0.25", "losses.ink.prob=1", "kwargs.filters=[8, 16]", "kwargs.a.b=2"],
+        Root,
+    )
+    assert data == {
+        "flip": {"prob": 0.25},
+        "losses": {"ink": {"prob": 1}},
+        "kwargs": {"filters": [8, 16], "a": {"b": 2}},
+    }
+    with pytest.raises(ConfigError, match=r"unknown field 'flip.prop'; fields allowed in flip: \['prob'\]"):
+        apply_overrides({}, ["flip.prop=1"], Root)
+    with pytest.raises(ConfigError, match=r"unknown field 'losses.ink.prop'"):
+        apply_overrides({}, ["losses.ink.prop=1"], Root)
+    with pytest.raises(ConfigError, match=r"size is not a section, so it has no field 'x'"):
+        apply_overrides({}, ["size.x=1"], Root)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,8 +105,16 @@ def apply_overrides(
 
 
 def _check_path(keys: list[str], model: type[BaseModel], override: str) -> None:
-    current: type[BaseModel] | None = model
+    """Walk ``keys`` through the model's fields: sections (also optional ones) are entered,
+    mappings accept any key (and are entered when their values are sections), anything else
+    must be the last key."""
+    current: Any = model
     for depth, key in enumerate(keys):
+        if current is _ANY_KEY:
+            continue
+        if isinstance(current, _MappingOf):
+            current = current.values
+            continue
         if current is None:
             raise ConfigError(
                 f"override {override!r}: {'.'.join(keys[:depth])} is not a section, so it has no "
@@ -117,12 +127,38 @@ def _check_path(keys: list[str], model: type[BaseModel], override: str) -> None:
                 f"override {override!r}: unknown field {'.'.join(keys[: depth + 1])!r}; fields "
                 f"allowed in {where}: {sorted(fields)}"
             )
-        annotation = fields[key].annotation
-        current = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
+        current = _container(fields[key].annotation)
+
+
+class _MappingOf:
+    """A mapping field whose values are sections (``dict[str, Model]``)."""
+
+    def __init__(self, values: type[BaseModel]) -> None:
+        self.values = values
+
+
+_ANY_KEY = object()  # a mapping with free-form values: any deeper path is accepted
+
+
+def _container(annotation: Any) -> Any:
+    """What a dotted path may descend into through a field of type ``annotation``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        inner = [_container(a) for a in arguments]
+        sections = [c for c in inner if c is not None]
+        return sections[0] if len(sections) == 1 else None
+    if origin is typing.Annotated:
+        return _container(arguments[0])
+    if isinstance(origin, type) and issubclass(origin, Mapping):
+        values = arguments[1] if len(arguments) == 2 else Any
+        inner = _container(values)
+        if isinstance(inner, type):
+            return _MappingOf(inner)
+        return _ANY_KEY
+    return None
 
 
 def load_config(
