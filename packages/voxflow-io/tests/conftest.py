@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -80,3 +82,21 @@ def tiff_stack(tmp_path: Path, volume_data: np.ndarray) -> Path:
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, volume_data)
     return path
+
+
+@pytest.fixture
+def fails_within_20s() -> Iterator[None]:
+    """Turn a hang (e.g. opening a named pipe) into a test failure instead of a stuck run."""
+    if not hasattr(signal, "SIGALRM"):
+        pytest.skip("needs SIGALRM")
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise TimeoutError("blocked for 20 s: voxflow-io opened something that never answers")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(20)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -130,7 +130,7 @@ def test_axes_with_unknown_or_repeated_letters(tmp_path: Path) -> None:
 def test_axes_contradicting_ome_metadata(tmp_path: Path) -> None:
     create_ome_zarr(
         tmp_path / "i.ome.zarr", shape=(4, 4, 4), dtype="uint8", chunks=(4, 4, 4), axes="zyx"
-    )
+    ).finish()
     with pytest.raises(MetadataError, match="contradicts the OME-NGFF axes 'zyx'"):
         open_volume(tmp_path / "i.ome.zarr", axes="cyx")
 
@@ -138,7 +138,7 @@ def test_axes_contradicting_ome_metadata(tmp_path: Path) -> None:
 def test_pyramid_level_out_of_range(tmp_path: Path) -> None:
     create_ome_zarr(
         tmp_path / "i.ome.zarr", shape=(8, 8), dtype="uint8", chunks=(4, 4), axes="yx", levels=2
-    )
+    ).finish()
     with pytest.raises(
         LevelOutOfRangeError, match=r"level 2 requested but the image has levels 0\.\.1"
     ):

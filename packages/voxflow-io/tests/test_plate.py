@@ -47,7 +47,8 @@ def test_create_fill_and_iterate_plate(tmp_path: Path, version: str) -> None:
     data = {}
     for i, position in enumerate(positions):
         data[position.key] = ramp(shape) + i
-        position.writer().write_region((0, 0, 0, 0, 0), data[position.key])
+        with position.writer() as writer:
+            writer.write_region((0, 0, 0, 0, 0), data[position.key])
     model = ome_zarr_models.open_ome_zarr(zarr.open_group(str(path), mode="r"), version=version)
     expected = {"0.4": ome_zarr_models.v04.hcs.HCS, "0.5": ome_zarr_models.v05.hcs.HCS}
     assert isinstance(model, expected[version])
@@ -76,9 +77,8 @@ def test_plate_read_by_ome_zarr_reader(tmp_path: Path) -> None:
         channel_names=["DAPI"],
         ngff_version="0.4",
     )
-    plate.position("A/1", "0").writer().write_region(
-        (0,) * 5, np.full((1, 1, 1, 8, 8), 9, np.uint8)
-    )
+    with plate.position("A/1", "0").writer() as writer:
+        writer.write_region((0,) * 5, np.full((1, 1, 1, 8, 8), 9, np.uint8))
     nodes = list(Reader(parse_url(str(path)))())
     assert any(node.specs and isinstance(node.specs[0], OmeZarrPlate) for node in nodes)
     assert int(np.asarray(nodes[0].data[0]).max()) == 9

@@ -67,6 +67,7 @@ def test_created_image_is_valid_ngff_and_reads_back(
     )
     writer.write_region((0, 0, 0, 0), reference)
     writer.build_pyramid()
+    writer.finish()
     validate_image(path, version)
     levels = read_with_ome_zarr(path)
     np.testing.assert_array_equal(levels[0], reference)
@@ -93,6 +94,7 @@ def test_nearest_pyramid_keeps_label_values(tmp_path: Path) -> None:
     )
     writer.write_region((0, 0, 0), labels)
     writer.build_pyramid("nearest")
+    writer.finish()
     level1 = open_volume(tmp_path / "labels.ome.zarr", level=1)
     np.testing.assert_array_equal(level1[:], labels[:, ::2, ::2])
 
@@ -113,6 +115,7 @@ def test_concurrent_chunk_aligned_writers(tmp_path: Path, version: str) -> None:
     jobs = [(writer, (z, 0, 0), reference[z : z + 4]) for z in range(0, 24, 4)]
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         pool.starmap(OmeZarrWriter.write_region, jobs, chunksize=1)
+    writer.finish()
     np.testing.assert_array_equal(open_volume(tmp_path / "shared.ome.zarr")[:], reference)
 
 
@@ -134,10 +137,11 @@ def test_failed_creation_leaves_nothing_behind(
 
 def test_overwrite_replaces_whole_store(tmp_path: Path) -> None:
     path = tmp_path / "x.ome.zarr"
-    create_ome_zarr(path, shape=(8, 8), dtype="uint8", chunks=(4, 4), axes="yx").write_region(
-        (0, 0), np.ones((8, 8), np.uint8)
-    )
-    create_ome_zarr(path, shape=(4, 4), dtype="uint8", chunks=(4, 4), axes="yx", overwrite=True)
+    with create_ome_zarr(path, shape=(8, 8), dtype="uint8", chunks=(4, 4), axes="yx") as writer:
+        writer.write_region((0, 0), np.ones((8, 8), np.uint8))
+    create_ome_zarr(
+        path, shape=(4, 4), dtype="uint8", chunks=(4, 4), axes="yx", overwrite=True
+    ).finish()
     assert open_volume(path).shape == (4, 4)
     np.testing.assert_array_equal(open_volume(path)[:], 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]

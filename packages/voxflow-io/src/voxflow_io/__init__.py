@@ -11,8 +11,12 @@ from ._discover import DatasetRecord, discover_dataset
 from ._errors import (
     CorruptVolumeError,
     DatasetLayoutError,
+    FinishedStoreError,
+    ImageTooLargeError,
+    IncompleteStoreError,
     LevelOutOfRangeError,
     MetadataError,
+    ParameterError,
     StoreExistsError,
     UnsupportedFormatError,
     VolumeNotFoundError,
@@ -21,18 +25,25 @@ from ._errors import (
 )
 from ._open import open_volume
 from ._plate import Plate, PlatePosition, create_plate, open_plate
+from ._pyramid import downsample
+from ._validate import DEFAULT_MAX_DECODED_BYTES
 from ._volume import Volume, VolumeInfo
-from ._write import OmeZarrWriter, create_ome_zarr, downsample
+from ._write import OmeZarrWriter, create_ome_zarr
 
 __version__ = version("voxflow-io")
 
 __all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
     "CorruptVolumeError",
     "DatasetLayoutError",
     "DatasetRecord",
+    "FinishedStoreError",
+    "ImageTooLargeError",
+    "IncompleteStoreError",
     "LevelOutOfRangeError",
     "MetadataError",
     "OmeZarrWriter",
+    "ParameterError",
     "Plate",
     "PlatePosition",
     "StoreExistsError",

@@ -35,6 +35,11 @@ def validate_axes(axes: str, ndim: int, source: str) -> str:
     Returns:
         The axes in lower case.
     """
+    if not isinstance(axes, str):
+        raise MetadataError(
+            f"{source}: axes must be a string of letters from {AXIS_ORDER!r}, found "
+            f"{type(axes).__name__} {axes!r}"
+        )
     axes = axes.lower()
     unknown = sorted(set(axes) - set(AXIS_ORDER))
     if unknown:

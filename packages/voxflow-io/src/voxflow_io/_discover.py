@@ -10,10 +10,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from ._errors import DatasetLayoutError, VolumeNotFoundError
+from ._errors import DatasetLayoutError, ParameterError, VolumeNotFoundError
 from ._open import open_volume
 from ._slices import natural_key
 from ._tiff import TIFF_SUFFIXES
+from ._validate import as_path, flag, str_sequence
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,12 @@ def discover_dataset(
         DatasetLayoutError: labels or masks without an image, images without labels, a
             target not in ``targets``, missing targets, shape mismatches.
     """
-    root = Path(root)
+    root = as_path(root, "root")
+    where = str(root)
+    if targets is not None:
+        targets = str_sequence(targets, "targets", where, ParameterError)
+    allow_unlabeled = flag(allow_unlabeled, "allow_unlabeled", where)
+    check_shapes = flag(check_shapes, "check_shapes", where)
     images_dir = root / "images"
     if not images_dir.is_dir():
         raise VolumeNotFoundError(f"{root}: no images/ folder")

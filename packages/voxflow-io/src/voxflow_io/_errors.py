@@ -16,7 +16,8 @@ class UnsupportedFormatError(VoxflowIOError, ValueError):
 
 
 class CorruptVolumeError(VoxflowIOError):
-    """A file or chunk exists but its bytes cannot be decoded (truncated, garbled)."""
+    """A file or chunk exists but its bytes cannot be read or decoded (truncated, garbled, a
+    folder or named pipe where a chunk file should be)."""
 
 
 class MetadataError(VoxflowIOError, ValueError):
@@ -37,3 +38,21 @@ class StoreExistsError(VoxflowIOError, FileExistsError):
 
 class DatasetLayoutError(VoxflowIOError, ValueError):
     """An ``images/ labels/ masks/`` dataset folder breaks the layout rules."""
+
+
+class ParameterError(VoxflowIOError, ValueError):
+    """An argument has the wrong type or an invalid value (a problem of the call, not the data)."""
+
+
+class ImageTooLargeError(VoxflowIOError, ValueError):
+    """One unit that must be decoded whole (a slice image, a TIFF strip or tile, a zarr chunk)
+    would decode to more bytes than the configured limit (``max_decoded_bytes``)."""
+
+
+class IncompleteStoreError(VoxflowIOError):
+    """An OME-Zarr image is still marked as being written: its writer did not call ``finish``
+    (it was killed, failed, or is still running)."""
+
+
+class FinishedStoreError(VoxflowIOError):
+    """A writer was asked to write into (or finish) an OME-Zarr image that is already finished."""

@@ -82,21 +82,50 @@ class Well(_Model):
     version: str | None = None
 
 
-def ome_attributes(attrs: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
+def ome_attributes(attrs: Mapping[str, Any], where: str) -> tuple[str | None, Mapping[str, Any]]:
     """Return (NGFF version, the mapping that holds multiscales/plate/well keys).
 
     NGFF 0.5 nests everything under ``"ome"``; 0.4 keeps it at the top level.
+
+    Raises:
+        MetadataError: ``ome``, ``multiscales``, ``plate`` or ``well`` has the wrong JSON type.
     """
     if "ome" in attrs:
         ome = attrs["ome"]
+        if not isinstance(ome, Mapping):
+            raise MetadataError(
+                f"{where}: OME-NGFF attribute 'ome' must be a JSON object, found "
+                f"{type(ome).__name__}"
+            )
         return str(ome.get("version")), ome
     if "multiscales" in attrs:
-        versions = {m.get("version") for m in attrs["multiscales"] if isinstance(m, Mapping)}
+        multiscales = attrs["multiscales"]
+        if not isinstance(multiscales, list):
+            raise MetadataError(
+                f"{where}: OME-NGFF attribute 'multiscales' must be a list, found "
+                f"{type(multiscales).__name__}"
+            )
+        versions = {m.get("version") for m in multiscales if isinstance(m, Mapping)}
         return (str(versions.pop()) if len(versions) == 1 else None), attrs
     for key in ("plate", "well"):
         if key in attrs:
+            if not isinstance(attrs[key], Mapping):
+                raise MetadataError(
+                    f"{where}: OME-NGFF attribute {key!r} must be a JSON object, found "
+                    f"{type(attrs[key]).__name__}"
+                )
             return str(attrs[key].get("version")), attrs
     return None, attrs
+
+
+def first_multiscale(ome: Mapping[str, Any], where: str) -> Multiscale:
+    """Parse ``multiscales[0]``: the image voxflow reads and writes."""
+    multiscales = ome["multiscales"]
+    if not isinstance(multiscales, list) or not multiscales:
+        raise MetadataError(
+            f"{where}: OME-NGFF 'multiscales' must be a non-empty list, found {multiscales!r}"
+        )
+    return parse(Multiscale, multiscales[0], where)
 
 
 def parse(model: type[_Model], value: Any, where: str) -> Any:
@@ -125,19 +154,34 @@ def axes_string(axes: Sequence[Axis], where: str) -> str:
 
 
 def level_scale(multiscale: Multiscale, level: int, where: str) -> tuple[float, ...]:
-    """Voxel size of a pyramid level: its scale transform times the global one, if any."""
+    """Voxel size of a pyramid level: its scale transform times the global one, if any.
+
+    Raises:
+        MetadataError: a scale transform has the wrong length or a value that is zero,
+            negative, infinite or NaN (naming the store, the transform and the axis).
+    """
     ndim = len(multiscale.axes)
+    names = [a.name for a in multiscale.axes]
     scale = [1.0] * ndim
-    transforms = list(multiscale.datasets[level].coordinateTransformations)
-    transforms += list(multiscale.coordinateTransformations or [])
-    for transform in transforms:
+    transforms = [
+        (f"datasets[{level}] (path {multiscale.datasets[level].path!r})", t)
+        for t in multiscale.datasets[level].coordinateTransformations
+    ]
+    transforms += [("multiscale-wide", t) for t in multiscale.coordinateTransformations or []]
+    for owner, transform in transforms:
         if transform.type != "scale":
             continue
         if transform.scale is None or len(transform.scale) != ndim:
             raise MetadataError(
-                f"{where}: scale transform {transform.scale} of level {level} must have {ndim} "
-                f"entries (one per axis)"
+                f"{where}: {owner} scale transform {transform.scale} of level {level} must "
+                f"have {ndim} entries (one per axis {names})"
             )
+        for axis, value in zip(names, transform.scale, strict=True):
+            if not math.isfinite(value) or value <= 0:
+                raise MetadataError(
+                    f"{where}: {owner} scale transform {transform.scale} of level {level} has "
+                    f"{value} for axis {axis!r}; scale values must be finite and positive"
+                )
         scale = [a * b for a, b in zip(scale, transform.scale, strict=True)]
     return tuple(scale)
 
@@ -153,6 +197,7 @@ def build_multiscale(
     unit: str | None,
     level_factors: Sequence[Sequence[int]],
     name: str,
+    where: str,
 ) -> dict[str, Any]:
     """The ``multiscales[0]`` entry for an image with one dataset per pyramid level.
 
@@ -162,10 +207,12 @@ def build_multiscale(
         unit: Spatial unit (one of the UDUNITS space units) or None.
         level_factors: Per level, the cumulative downsampling factor per axis.
         name: Image name.
+        where: Store path for messages.
     """
     if unit is not None and unit not in _SPACE_UNITS:
         raise MetadataError(
-            f"unit {unit!r} is not an OME-NGFF space unit; use one of {sorted(_SPACE_UNITS)}"
+            f"{where}: unit {unit!r} is not an OME-NGFF space unit; use one of "
+            f"{sorted(_SPACE_UNITS)}"
         )
     axis_entries = []
     for letter in axes:
@@ -177,7 +224,10 @@ def build_multiscale(
     for level, factors in enumerate(level_factors):
         scale = [float(v * f) for v, f in zip(voxel_size, factors, strict=True)]
         if any(not math.isfinite(s) or s <= 0 for s in scale):
-            raise MetadataError(f"voxel size {list(voxel_size)} must be finite and positive")
+            raise MetadataError(
+                f"{where}: voxel size {list(voxel_size)} times level {level} factors "
+                f"{list(factors)} must be finite and positive, found {scale}"
+            )
         datasets.append(
             {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
         )

@@ -10,15 +10,19 @@ import numpy as np
 
 from ._axes import default_axes, validate_axes
 from ._errors import CorruptVolumeError, UnsupportedFormatError
+from ._files import require_regular_file
 from ._volume import Reader, VolumeInfo
 
 
 def open_npy(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInfo]:
     """Opener for ``.npy`` files; options: ``axes``."""
+    require_regular_file(path, ".npy")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise CorruptVolumeError(f"{path}: not a readable .npy file: {exc}") from exc
+    if not isinstance(array, np.ndarray):
+        raise UnsupportedFormatError(f"{path}: holds no single array (an .npz archive?)")
     if array.dtype.kind not in "biuf":
         raise UnsupportedFormatError(
             f"{path}: dtype {array.dtype} is not a numeric image type (bool, int, uint or float)"
@@ -31,7 +35,7 @@ def open_npy(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInfo
 
 
 class _NpyReader:
-    def __init__(self, array: np.memmap) -> None:
+    def __init__(self, array: np.ndarray) -> None:
         self._array = array
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:

@@ -8,17 +8,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zarr
 from pydantic import BaseModel, ConfigDict
 
 from . import _ngff
-from ._errors import MetadataError, UnsupportedFormatError, VolumeNotFoundError
+from ._errors import MetadataError, ParameterError, UnsupportedFormatError, VolumeNotFoundError
 from ._open import open_volume
+from ._pyramid import level_shapes
 from ._slices import natural_key
+from ._spec import Compressor, check_image_spec, image_attributes, write_image_group
 from ._store import atomic_folder
+from ._validate import as_path, flag, integer, optional_str, str_sequence
 from ._volume import Volume
-from ._write import Compressor, OmeZarrWriter, _with_omero, level_shapes, write_image_group
+from ._write import OmeZarrWriter
 from ._zarr import open_node
 
 logger = logging.getLogger(__name__)
@@ -54,9 +56,13 @@ class PlatePosition(BaseModel):
         """Path of the field image inside the plate store."""
         return f"{self.row}/{self.column}/{self.field}"
 
-    def open(self, level: int = 0) -> Volume:
-        """The field image as a lazy ``(T, C, Z, Y, X)`` :class:`Volume`."""
-        return open_volume(self.plate, key=self.key, level=level)
+    def open(self, level: int = 0, *, allow_incomplete: bool = False) -> Volume:
+        """The field image as a lazy ``(T, C, Z, Y, X)`` :class:`Volume`.
+
+        A field whose writer has not called ``finish()`` is an ``IncompleteStoreError``
+        unless ``allow_incomplete`` (see :func:`voxflow_io.open_volume`).
+        """
+        return open_volume(self.plate, key=self.key, level=level, allow_incomplete=allow_incomplete)
 
     def writer(self) -> OmeZarrWriter:
         """Write access to the field image (picklable, for parallel writers)."""
@@ -67,20 +73,39 @@ class Plate:
     """An opened HCS plate. Iterate :meth:`positions` for every well and field."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = as_path(path)
         if not self.path.exists():
             raise VolumeNotFoundError(f"{self.path}: no such plate")
         group = open_node(self.path, None)
         if not isinstance(group, zarr.Group):
             raise UnsupportedFormatError(f"{self.path}: a zarr array, not an HCS plate group")
-        version, ome = _ngff.ome_attributes(group.attrs.asdict())
+        version, ome = _ngff.ome_attributes(group.attrs.asdict(), str(self.path))
         if "plate" not in ome:
             raise UnsupportedFormatError(
                 f"{self.path}: not an OME-Zarr HCS plate (no 'plate' metadata)"
             )
         self.ngff_version = version
         self._plate = _ngff.parse(_ngff.Plate, ome["plate"], str(self.path))
-        self._group = group
+        for well in self._plate.wells:
+            parts = well.path.split("/")
+            if len(parts) != 2 or not all(parts):
+                raise MetadataError(
+                    f"{self.path}: plate metadata lists well path {well.path!r}; expected "
+                    f"'<row>/<column>' such as 'A/1'"
+                )
+
+    def _member(self, key: str, what: str) -> zarr.Group:
+        """The zarr group at ``key`` that the plate or well metadata lists as ``what``."""
+        try:
+            node = open_node(self.path, key)
+        except VolumeNotFoundError as exc:
+            raise VolumeNotFoundError(
+                f"{self.path}: the plate metadata lists {what} {key!r}, but the store has no "
+                f"zarr group there (expected {self.path / key})"
+            ) from exc
+        if not isinstance(node, zarr.Group):
+            raise MetadataError(f"{self.path}: {what} {key!r} is a zarr array, expected a group")
+        return node
 
     @property
     def name(self) -> str | None:
@@ -101,13 +126,14 @@ class Plate:
 
     def fields(self, well: str) -> list[str]:
         """Field paths of one well, from the well's metadata."""
-        if well not in self.wells:
+        if not isinstance(well, str) or well not in self.wells:
             raise MetadataError(f"{self.path}: well {well!r} not in the plate; wells: {self.wells}")
-        attrs = self._group[well].attrs.asdict()
-        _, ome = _ngff.ome_attributes(attrs)
+        where = f"{self.path}/{well}"
+        attrs = self._member(well, "well").attrs.asdict()
+        _, ome = _ngff.ome_attributes(attrs, where)
         if "well" not in ome:
-            raise MetadataError(f"{self.path}/{well}: well group without 'well' metadata")
-        well_meta = _ngff.parse(_ngff.Well, ome["well"], f"{self.path}/{well}")
+            raise MetadataError(f"{where}: well group without 'well' metadata")
+        well_meta = _ngff.parse(_ngff.Well, ome["well"], where)
         return [image.path for image in well_meta.images]
 
     def positions(self) -> Iterator[PlatePosition]:
@@ -115,18 +141,22 @@ class Plate:
         for well in self._plate.wells:
             row, column = well.path.split("/")
             for field in self.fields(well.path):
-                attrs = self._group[f"{well.path}/{field}"].attrs.asdict()
-                _, ome = _ngff.ome_attributes(attrs)
-                channels = ome.get("omero", attrs.get("omero", {})).get("channels", [])
+                key = f"{well.path}/{field}"
+                attrs = self._member(key, "field image").attrs.asdict()
+                _, ome = _ngff.ome_attributes(attrs, f"{self.path}/{key}")
                 yield PlatePosition(
                     plate=self.path,
                     row=row,
                     column=column,
                     field=field,
-                    channel_names=tuple(str(c.get("label", "")) for c in channels),
+                    channel_names=_channel_names(ome, f"{self.path}/{key}"),
                 )
 
     def position(self, well: str, field: str = "0") -> PlatePosition:
+        if not isinstance(field, str):
+            raise ParameterError(
+                f"{self.path}: field must be a string such as '0', found {field!r}"
+            )
         for position in self.positions():
             if position.well == well and position.field == field:
                 return position
@@ -134,6 +164,15 @@ class Plate:
 
     def __repr__(self) -> str:
         return f"Plate({str(self.path)!r}, wells={len(self.wells)})"
+
+
+def _channel_names(ome: Any, where: str) -> tuple[str, ...]:
+    """OMERO channel labels of a field image (empty if not recorded)."""
+    omero = ome.get("omero", {})
+    channels = omero.get("channels", []) if isinstance(omero, dict) else None
+    if not isinstance(channels, list) or not all(isinstance(c, dict) for c in channels):
+        raise MetadataError(f"{where}: 'omero' metadata must hold a list of channel objects")
+    return tuple(str(c.get("label", "")) for c in channels)
 
 
 def open_plate(path: str | os.PathLike[str]) -> Plate:
@@ -159,12 +198,15 @@ def create_plate(
 ) -> Plate:
     """Create an empty HCS plate atomically; fill fields with ``position.writer()``.
 
+    Every field image is marked as being written until its writer's ``finish()``:
+    ``position.open()`` refuses an unfinished field.
+
     Args:
         path: Plate folder to create.
         wells: Well paths ``"<row>/<column>"``, e.g. ``["A/1", "A/2", "B/1"]``.
         fields: Fields of view per well (named ``"0"``, ``"1"``, ...).
         shape: ``(T, C, Z, Y, X)`` shape of every field image.
-        dtype: Numeric voxel dtype.
+        dtype: Numeric voxel dtype (bool, int, uint or float).
         chunks: ``(T, C, Z, Y, X)`` chunk shape.
         channel_names: One name per channel (``C`` entries).
         voxel_size: ``(t, c, z, y, x)`` voxel size (default 1.0).
@@ -173,26 +215,41 @@ def create_plate(
         ngff_version: ``"0.4"`` or ``"0.5"``.
         name: Plate name (default: folder name).
         overwrite: Replace an existing store.
+
+    Raises:
+        MetadataError: malformed wells, fields, shape, chunks or channel names.
+        UnsupportedFormatError: a non-numeric dtype (e.g. complex64) or unknown compressor.
+        StoreExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    path = Path(path)
-    if ngff_version not in _ngff.NGFF_VERSIONS:
-        raise MetadataError(f"{path}: ngff_version {ngff_version!r} not in {_ngff.NGFF_VERSIONS}")
-    if len(shape) != 5 or len(chunks) != 5:
-        raise MetadataError(
-            f"{path}: shape {tuple(shape)} and chunks {tuple(chunks)} must be TCZYX"
-        )
-    if len(channel_names) != shape[1]:
-        raise MetadataError(f"{path}: {len(channel_names)} channel_names for C={shape[1]} channels")
-    if fields < 1:
-        raise MetadataError(f"{path}: fields must be >= 1, found {fields}")
+    path = as_path(path)
+    where = str(path)
+    spec = check_image_spec(
+        where,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        axes=PLATE_AXES,
+        voxel_size=voxel_size,
+        unit=unit,
+        compressor=compressor,
+        ngff_version=ngff_version,
+        channel_names=channel_names,
+    )
+    if spec.channel_names is None:
+        raise MetadataError(f"{where}: channel_names must name the {spec.shape[1]} channels")
+    fields = integer(fields, "fields", where, MetadataError, minimum=1)
+    optional_str(name, "name", where)
+    overwrite = flag(overwrite, "overwrite", where)
     parsed = []
-    for well in wells:
+    for well in str_sequence(wells, "wells", where, MetadataError):
         parts = well.split("/")
         if len(parts) != 2 or not all(p.isalnum() for p in parts):
-            raise MetadataError(f"{path}: well {well!r} must look like 'A/1' (row/column)")
+            raise MetadataError(f"{where}: well {well!r} must look like 'A/1' (row/column)")
         parsed.append((parts[0], parts[1]))
+    if not parsed:
+        raise MetadataError(f"{where}: wells is empty; a plate needs at least one well")
     if len(set(parsed)) != len(parsed):
-        raise MetadataError(f"{path}: wells {list(wells)} contain duplicates")
+        raise MetadataError(f"{where}: wells {list(wells)} contain duplicates")
     rows = sorted({r for r, _ in parsed}, key=natural_key)
     columns = sorted({c for _, c in parsed}, key=natural_key)
     plate = {
@@ -205,38 +262,19 @@ def create_plate(
         ],
         "field_count": fields,
     }
-    zarr_format = _ngff.ZARR_FORMAT[ngff_version]
-    np_dtype = np.dtype(dtype)
-    voxel = tuple(voxel_size) if voxel_size is not None else (1.0,) * 5
-    shapes, factors = level_shapes(tuple(shape), PLATE_AXES, 1, 1)
+    version = spec.ngff_version
+    shapes, factors = level_shapes(spec.shape, PLATE_AXES, 1, 1, where)
     with atomic_folder(path, overwrite=overwrite) as temporary:
-        root = zarr.open_group(str(temporary), mode="w", zarr_format=zarr_format)
-        root.attrs.update(_ngff.wrap(ngff_version, "plate", plate))
+        root = zarr.open_group(str(temporary), mode="w", zarr_format=_ngff.ZARR_FORMAT[version])
+        root.attrs.update(_ngff.wrap(version, "plate", plate))
         for row, column in parsed:
             well_group = root.require_group(row).require_group(column)
             images = [{"path": str(f)} for f in range(fields)]
-            well_group.attrs.update(_ngff.wrap(ngff_version, "well", {"images": images}))
+            well_group.attrs.update(_ngff.wrap(version, "well", {"images": images}))
             for field in range(fields):
-                multiscale = _ngff.build_multiscale(
-                    PLATE_AXES, voxel, unit, factors, f"{row}{column}_{field}"
-                )
-                attrs = _with_omero(
-                    _ngff.wrap(ngff_version, "multiscales", [multiscale]),
-                    ngff_version,
-                    channel_names,
-                    np_dtype,
-                )
-                write_image_group(
-                    temporary / row / column / str(field),
-                    attrs,
-                    shapes,
-                    tuple(chunks),
-                    np_dtype,
-                    PLATE_AXES,
-                    compressor,
-                    zarr_format,
-                )
+                attrs = image_attributes(spec, factors, f"{row}{column}_{field}")
+                write_image_group(temporary / row / column / str(field), attrs, shapes, spec)
     logger.info(
-        "created plate %s: %d wells x %d fields of %s", path, len(parsed), fields, tuple(shape)
+        "created plate %s: %d wells x %d fields of %s", path, len(parsed), fields, spec.shape
     )
     return Plate(path)

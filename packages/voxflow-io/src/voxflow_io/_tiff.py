@@ -9,7 +9,7 @@ window touches.
 from __future__ import annotations
 
 import logging
-import struct
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,15 @@ from zarr.abc.store import Store
 
 from ._axes import validate_axes
 from ._errors import CorruptVolumeError, LevelOutOfRangeError, MetadataError
+from ._files import require_regular_file
+from ._tiff_pages import (
+    TIFF_ERRORS,
+    check_imagej_page_count,
+    check_one_stack,
+    check_pages_match_keyframe,
+    read_series,
+)
+from ._validate import DEFAULT_MAX_DECODED_BYTES, check_decoded_size
 from ._volume import Reader, VolumeInfo
 
 logger = logging.getLogger(__name__)
@@ -48,31 +57,41 @@ def open_tiff(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
     series_index: int = options.get("series", 0)
     level: int = options.get("level", 0)
     axes_override: str | None = options.get("axes")
+    max_decoded_bytes: int = options.get("max_decoded_bytes", DEFAULT_MAX_DECODED_BYTES)
+    require_regular_file(path, "TIFF")
     # tifffile reports structural damage (broken IFD chains, series that do not fit their
     # pages) by logging and carrying on with what it could parse; here that is an error.
     problems = _TifffileProblems(path.name)
     logging.getLogger("tifffile").addHandler(problems)
     try:
         tif = tifffile.TiffFile(path)
-    except (tifffile.TiffFileError, ValueError, OSError, struct.error) as exc:
+    except TIFF_ERRORS as exc:
         logging.getLogger("tifffile").removeHandler(problems)
         raise CorruptVolumeError(f"{path}: not a readable TIFF file: {exc}") from exc
     try:
-        if not 0 <= series_index < len(tif.series):
+        all_series = read_series(path, tif)
+        if not 0 <= series_index < len(all_series):
             raise MetadataError(
-                f"{path}: series {series_index} requested but the file has {len(tif.series)}"
+                f"{path}: series {series_index} requested but the file has {len(all_series)}"
             )
-        base = tif.series[series_index]
+        check_one_stack(path, tif, all_series)
+        base = all_series[series_index]
         if not 0 <= level < len(base.levels):
             raise LevelOutOfRangeError(
                 f"{path}: pyramid level {level} requested but series {series_index} has levels "
                 f"0..{len(base.levels) - 1}"
             )
         series = base.levels[level]
-        _ = series.keyframe, series.shape
+        try:
+            keyframe = series.keyframe
+            _ = series.shape
+        except TIFF_ERRORS as exc:
+            raise CorruptVolumeError(f"{path}: damaged TIFF: {exc}") from exc
         if problems.messages:
             raise CorruptVolumeError(f"{path}: damaged TIFF: {'; '.join(problems.messages)}")
         _check_not_truncated(path, tif, series)
+        check_pages_match_keyframe(path, tif, series)
+        check_imagej_page_count(path, tif, series)
         where = f"{path} (series {series_index}, level {level})"
         shape = tuple(int(n) for n in series.shape)
         if axes_override is not None:
@@ -80,8 +99,7 @@ def open_tiff(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
         else:
             axes = validate_axes(_map_axes(series.axes, where), len(shape), where)
         dtype = np.dtype(series.dtype)
-        voxel_size, unit = _voxel_size(tif, axes)
-        keyframe = series.keyframe
+        voxel_size, unit = _voxel_size(path, tif, axes)
         page_chunk = tuple(int(c) for c in keyframe.chunks)
         chunks = (1,) * (len(shape) - len(page_chunk)) + page_chunk
         if len(page_chunk) > len(shape):  # a single page whose leading chunk axes were squeezed
@@ -92,6 +110,12 @@ def open_tiff(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
             tif.close()
             reader = _MemmapReader(path, series_index, level, shape)
         else:
+            check_decoded_size(
+                math.prod(page_chunk) * dtype.itemsize,
+                max_decoded_bytes,
+                f"{where}: every {'tile' if keyframe.is_tiled else 'strip'} "
+                f"({page_chunk} of {dtype})",
+            )
             reader = _TiffZarrReader(tif, series.aszarr(multiscales=False), where)
     except BaseException:
         tif.close()
@@ -158,27 +182,41 @@ def _map_axes(codes: str, where: str) -> str:
     return "".join(letters)
 
 
-def _voxel_size(tif: tifffile.TiffFile, axes: str) -> tuple[tuple[float, ...], str | None]:
+def _voxel_size(
+    path: Path, tif: tifffile.TiffFile, axes: str
+) -> tuple[tuple[float, ...], str | None]:
     sizes: dict[str, float] = {}
     unit: str | None = None
-    if tif.is_ome and tif.ome_metadata:
-        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-        pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
-        for letter in "zyx":
-            value = pixels.get(f"PhysicalSize{letter.upper()}")
-            if value is not None:
-                sizes[letter] = float(value)
-        unit = _UNITS.get(str(pixels.get("PhysicalSizeXUnit", "µm"))) if sizes else None
-    elif tif.is_imagej and tif.imagej_metadata:
-        meta = tif.imagej_metadata
-        if "spacing" in meta:
-            sizes["z"] = float(meta["spacing"])
-        resolution = tif.pages.first.tags.get("XResolution")
-        if resolution is not None:
-            numerator, denominator = resolution.value
-            if numerator > 0:
-                sizes["x"] = sizes["y"] = denominator / numerator
-        unit = _UNITS.get(str(meta.get("unit")))
+    source = ""
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            source = "OME-XML PhysicalSize"
+            image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+            pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+            for letter in "zyx":
+                value = pixels.get(f"PhysicalSize{letter.upper()}")
+                if value is not None:
+                    sizes[letter] = float(value)
+            unit = _UNITS.get(str(pixels.get("PhysicalSizeXUnit", "µm"))) if sizes else None
+        elif tif.is_imagej and tif.imagej_metadata:
+            source = "ImageJ spacing/resolution"
+            meta = tif.imagej_metadata
+            if "spacing" in meta:
+                sizes["z"] = float(meta["spacing"])
+            resolution = tif.pages.first.tags.get("XResolution")
+            if resolution is not None:
+                numerator, denominator = resolution.value
+                if numerator > 0:
+                    sizes["x"] = sizes["y"] = denominator / numerator
+            unit = _UNITS.get(str(meta.get("unit")))
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise MetadataError(f"{path}: unreadable {source} metadata: {exc!r}") from exc
+    for letter, value in sizes.items():
+        if not math.isfinite(value) or value <= 0:
+            raise MetadataError(
+                f"{path}: {source} gives voxel size {value} for axis {letter!r}; voxel sizes "
+                f"must be finite and positive"
+            )
     return tuple(sizes.get(letter, 1.0) for letter in axes), unit
 
 
@@ -186,7 +224,10 @@ class _MemmapReader:
     """Contiguous uncompressed series: a read is a copy out of a read-only memory map."""
 
     def __init__(self, path: Path, series: int, level: int, shape: tuple[int, ...]) -> None:
-        mapped = tifffile.memmap(path, series=series, level=level, mode="r")
+        try:
+            mapped = tifffile.memmap(path, series=series, level=level, mode="r")
+        except TIFF_ERRORS as exc:
+            raise CorruptVolumeError(f"{path}: cannot be memory-mapped: {exc}") from exc
         self._map: np.ndarray = mapped.reshape(shape)
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
@@ -207,9 +248,9 @@ class _TiffZarrReader:
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
         try:
             data = self._array[box]
-        except (RuntimeError, ValueError, OSError) as exc:
+        except TIFF_ERRORS as exc:
             raise CorruptVolumeError(
-                f"{self._where}: window {box} cannot be decoded: {exc}"
+                f"{self._where}: window {box} cannot be decoded: {type(exc).__name__}: {exc}"
             ) from exc
         return np.ascontiguousarray(data)
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 
 from ._errors import MetadataError, WindowError
+from ._validate import int_tuple, is_integer
 
 logger = logging.getLogger(__name__)
 
@@ -253,13 +254,9 @@ class Volume:
 
 
 def _as_int_tuple(values: Sequence[int], name: str, volume: Volume) -> tuple[int, ...]:
-    out = tuple(int(v) for v in values)
-    if len(out) != volume.ndim or any(o != v for o, v in zip(out, values, strict=True)):
-        raise WindowError(
-            f"{volume.path}: {name} must be {volume.ndim} integers (axes {volume.axes!r}), "
-            f"found {tuple(values)!r}"
-        )
-    return out
+    return int_tuple(
+        values, name, str(volume.path), WindowError, length=volume.ndim, axes=volume.axes
+    )
 
 
 def _parse_index(
@@ -296,7 +293,7 @@ def _parse_index(
             reshape = True
             continue
         dim = volume.shape[axis]
-        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+        if is_integer(item):
             index = int(item) + dim if item < 0 else int(item)
             if not 0 <= index < dim:
                 raise WindowError(
@@ -322,6 +319,12 @@ def _parse_index(
 
 
 def _checked_slice(item: slice, dim: int, axis: int, volume: Volume) -> tuple[int, int, int]:
+    for part in (item.start, item.stop, item.step):
+        if part is not None and not is_integer(part):
+            raise WindowError(
+                f"{volume.path}: slice {item} on axis {axis} ({volume.axes[axis]!r}) must have "
+                f"integer bounds and step, found {part!r} ({type(part).__name__})"
+            )
     step = 1 if item.step is None else int(item.step)
     if step <= 0:
         raise WindowError(

@@ -1,7 +1,11 @@
-"""Write OME-Zarr images: create (atomically), fill chunk-aligned regions, build a pyramid.
+"""Write OME-Zarr images: create (atomically), fill chunk-aligned regions, build a pyramid,
+finish.
 
 Regions aligned to the chunk grid rewrite whole chunks only, so any number of processes can
 write disjoint regions of one store without locks: no chunk is read, merged and written back.
+A created image carries the "being written" marker (``_state``) until
+:meth:`OmeZarrWriter.finish`, so that a writer killed half-way never leaves a store that
+reads as complete.
 """
 
 from __future__ import annotations
@@ -11,90 +15,92 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
-import numcodecs
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
 
 from . import _ngff
-from ._axes import validate_axes
-from ._errors import MetadataError, UnsupportedFormatError, WindowError
+from ._errors import (
+    FinishedStoreError,
+    LevelOutOfRangeError,
+    MetadataError,
+    ParameterError,
+    WindowError,
+)
+from ._pyramid import DOWNSAMPLE_METHODS, DownsampleMethod, downsample, level_shapes
+from ._spec import Compressor, check_image_spec, image_attributes, write_image_group
+from ._state import MARKER_KEY, is_marked_incomplete
 from ._store import atomic_folder
+from ._validate import (
+    as_path,
+    flag,
+    int_tuple,
+    integer,
+    optional_str,
+)
 from ._zarr import open_node
 
 logger = logging.getLogger(__name__)
 
-Compressor = Literal["zstd", "blosc-lz4", "blosc-zstd", "none"]
-COMPRESSORS: tuple[str, ...] = ("zstd", "blosc-lz4", "blosc-zstd", "none")
-DownsampleMethod = Literal["mean", "nearest"]
-
-
-def _compressors(name: str, zarr_format: int) -> Any:
-    if name not in COMPRESSORS:
-        raise UnsupportedFormatError(f"compressor {name!r} is not one of {COMPRESSORS}")
-    if name == "none":
-        return None
-    if zarr_format == 3:
-        if name == "zstd":
-            return [ZstdCodec(level=3)]
-        cname = cast(Literal["lz4", "zstd"], name.removeprefix("blosc-"))
-        return [BloscCodec(cname=cname, clevel=5, shuffle="shuffle")]
-    if name == "zstd":
-        return numcodecs.Zstd(level=3)
-    return numcodecs.Blosc(
-        cname=name.removeprefix("blosc-"), clevel=5, shuffle=numcodecs.Blosc.SHUFFLE
-    )
-
-
-def level_shapes(
-    shape: Sequence[int], axes: str, levels: int, downscale: int | Mapping[str, int]
-) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """Shapes and cumulative factors of each pyramid level (ceil division per spatial axis)."""
-    per_axis = {a: downscale for a in "zyx"} if isinstance(downscale, int) else dict(downscale)
-    bad = {a: f for a, f in per_axis.items() if a not in "zyx" or int(f) < 1}
-    if bad:
-        raise MetadataError(
-            f"downscale {downscale!r}: factors must be >= 1 for axes z, y, x, found {bad}"
-        )
-    step = tuple(int(per_axis.get(a, 1)) if a in "zyx" else 1 for a in axes)
-    shapes, factors = [], []
-    for level in range(levels):
-        factor = tuple(s**level for s in step)
-        factors.append(factor)
-        shapes.append(tuple(math.ceil(n / f) for n, f in zip(shape, factor, strict=True)))
-    return shapes, factors
-
 
 class OmeZarrWriter:
-    """Write access to one OME-Zarr image. Picklable: send it to worker processes.
+    """Write access to one OME-Zarr image that is being written. Picklable: send it to worker
+    processes.
+
+    The image stays marked incomplete (``open_volume`` refuses it) until :meth:`finish`, or
+    the end of a ``with`` block that raised nothing. A finished image is not written again.
 
     Shapes:
         ``write_region`` data: ``(*size)`` with the image's dtype and axes order.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        group = open_node(self.path, None)
-        if not isinstance(group, zarr.Group):
-            raise MetadataError(f"{self.path}: is a zarr array, not an OME-Zarr image group")
-        version, ome = _ngff.ome_attributes(group.attrs.asdict())
-        if "multiscales" not in ome:
-            raise MetadataError(f"{self.path}: no OME-NGFF multiscales metadata")
-        multiscale = _ngff.parse(_ngff.Multiscale, ome["multiscales"][0], str(self.path))
-        self.ngff_version = version
+        """Open an image created by :func:`create_ome_zarr` (or a plate field) for writing.
+
+        Raises:
+            FinishedStoreError: the image is finished (or was not created by voxflow-io).
+            MetadataError: ``path`` is not an OME-Zarr image group.
+        """
+        self.path = as_path(path)
+        ome = self._check_being_written()
+        multiscale = _ngff.first_multiscale(ome, str(self.path))
         self.axes = _ngff.axes_string(multiscale.axes, str(self.path))
         self._level_paths = [d.path for d in multiscale.datasets]
         self._arrays: list[zarr.Array] | None = None
+        self._finished = False
+
+    def _check_being_written(self) -> Mapping[str, Any]:
+        """Open the image group, check it is still marked incomplete, return its NGFF dict."""
+        group = open_node(self.path, None)
+        if not isinstance(group, zarr.Group):
+            raise MetadataError(f"{self.path}: is a zarr array, not an OME-Zarr image group")
+        attrs = group.attrs.asdict()
+        version, ome = _ngff.ome_attributes(attrs, str(self.path))
+        if "multiscales" not in ome:
+            raise MetadataError(f"{self.path}: no OME-NGFF multiscales metadata")
+        if not is_marked_incomplete(attrs):
+            raise FinishedStoreError(
+                f"{self.path}: the image is not being written (no {MARKER_KEY!r} marker: its "
+                f"writer called finish(), or another tool made it); voxflow-io writes only "
+                f"images it is creating: make a new one with create_ome_zarr(..., "
+                f"overwrite=True)"
+            )
+        self.ngff_version = version
+        return ome
 
     @property
     def arrays(self) -> list[zarr.Array]:
+        """The level arrays, opened on first use in each process (checked to be unfinished)."""
         if self._arrays is None:
-            self._arrays = [
-                zarr.open_array(str(self.path), path=p, mode="r+") for p in self._level_paths
-            ]
+            self._check_being_written()
+            arrays = []
+            for level_path in self._level_paths:
+                node = open_node(self.path, level_path, mode="r+")
+                if not isinstance(node, zarr.Array):
+                    raise MetadataError(f"{self.path}: dataset {level_path!r} is not an array")
+                arrays.append(node)
+            self._arrays = arrays
         return self._arrays
 
     @property
@@ -116,23 +122,59 @@ class OmeZarrWriter:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None}
 
+    def __enter__(self) -> OmeZarrWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Finish the image if the block raised nothing; otherwise leave it incomplete."""
+        if exc_type is not None:
+            logger.warning("%s: left marked incomplete after %s", self.path, exc_type.__name__)
+        elif not self._finished:
+            self.finish()
+
+    def _level(self, level: Any) -> int:
+        level = integer(level, "level", str(self.path), LevelOutOfRangeError)
+        if not 0 <= level < self.levels:
+            raise LevelOutOfRangeError(
+                f"{self.path}: level {level} requested but the image has levels "
+                f"0..{self.levels - 1}"
+            )
+        return level
+
+    def _check_not_finished(self) -> None:
+        if self._finished:
+            raise FinishedStoreError(f"{self.path}: finish() was called; the image is complete")
+
     def write_region(self, start: Sequence[int], data: np.ndarray, *, level: int = 0) -> None:
         """Write ``data`` at ``start``; the region must be aligned to the chunk grid.
 
         Each region edge must sit on a chunk boundary or at the array's end, so every chunk
         touched is replaced whole and concurrent writers of disjoint regions never collide.
 
+        Args:
+            start: First voxel of the region, one integer per axis.
+            data: The voxels, with the image's dtype.
+            level: Pyramid level, from 0 to ``levels - 1``.
+
         Raises:
-            WindowError: misaligned, out-of-bounds, or wrong-rank region.
+            WindowError: misaligned, out-of-bounds, or wrong-rank region; non-integer start.
+            LevelOutOfRangeError: ``level`` is not a level of the image.
             MetadataError: ``data`` dtype differs from the image dtype.
+            FinishedStoreError: the image was finished.
         """
-        array = self.arrays[level]
+        level = self._level(level)
         where = f"{self.path} level {level}"
-        start_t = tuple(int(s) for s in start)
-        if len(start_t) != array.ndim or data.ndim != array.ndim:
+        if not isinstance(data, np.ndarray):
+            raise ParameterError(
+                f"{where}: data must be a numpy array, found {type(data).__name__}"
+            )
+        self._check_not_finished()
+        array = self.arrays[level]
+        start_t = int_tuple(start, "start", where, WindowError, length=array.ndim, axes=self.axes)
+        if data.ndim != array.ndim:
             raise WindowError(
-                f"{where}: start {start_t} and data of shape {data.shape} must both have "
-                f"{array.ndim} dimensions (axes {self.axes!r})"
+                f"{where}: data of shape {data.shape} must have {array.ndim} dimensions "
+                f"(axes {self.axes!r})"
             )
         if np.dtype(data.dtype) != np.dtype(array.dtype):
             raise MetadataError(f"{where}: data dtype {data.dtype}, expected {array.dtype}")
@@ -158,11 +200,14 @@ class OmeZarrWriter:
         """Fill levels 1.. from level 0, chunk by chunk (memory: one block of the level above).
 
         Args:
-            method: ``"mean"`` for images (rounded back to integer dtypes), ``"nearest"``
-                (every ``factor``-th voxel) for labels.
+            method: ``"mean"`` for images (NaN-propagating, rounded back to integer dtypes),
+                ``"nearest"`` (every ``factor``-th voxel) for labels.
         """
-        if method not in ("mean", "nearest"):
-            raise MetadataError(f"method {method!r} must be 'mean' or 'nearest'")
+        if method not in DOWNSAMPLE_METHODS:
+            raise ParameterError(
+                f"{self.path}: method must be one of {DOWNSAMPLE_METHODS}, found {method!r}"
+            )
+        self._check_not_finished()
         for level in range(1, self.levels):
             source, target = self.arrays[level - 1], self.arrays[level]
             factors = tuple(
@@ -182,26 +227,29 @@ class OmeZarrWriter:
                 target[out_box] = block
             logger.info("%s: built pyramid level %d %s", self.path, level, target.shape)
 
+    def finish(self) -> None:
+        """Mark the image complete: remove the "being written" marker.
 
-def downsample(block: np.ndarray, factors: Sequence[int], method: DownsampleMethod) -> np.ndarray:
-    """Downsample by integer ``factors`` per axis; partial edge blocks use their own voxels.
+        Call it once, after every region (and the pyramid) is written, from one process,
+        after all worker processes are done. Until then ``open_volume`` refuses the image.
 
-    Shapes:
-        block: ``(*shape)`` any numeric dtype -> ``(*ceil(shape / factors))`` same dtype.
-    """
-    if method == "nearest":
-        return np.ascontiguousarray(block[tuple(slice(None, None, f) for f in factors)])
-    out_shape = tuple(math.ceil(n / f) for n, f in zip(block.shape, factors, strict=True))
-    padded_shape = tuple(o * f for o, f in zip(out_shape, factors, strict=True))
-    # Pad with NaN so that edge blocks average only the voxels that exist.
-    padded = np.full(padded_shape, np.nan, dtype=np.float64)
-    padded[tuple(slice(0, n) for n in block.shape)] = block
-    split = padded.reshape([v for o, f in zip(out_shape, factors, strict=True) for v in (o, f)])
-    mean = np.nanmean(split, axis=tuple(range(1, 2 * len(factors), 2)))
-    if np.issubdtype(block.dtype, np.integer):
-        info = np.iinfo(block.dtype)
-        return np.clip(np.rint(mean), info.min, info.max).astype(block.dtype)
-    return mean.astype(block.dtype)
+        Raises:
+            FinishedStoreError: the image is already finished.
+        """
+        self._check_not_finished()
+        group = open_node(self.path, None, mode="r+")
+        if not isinstance(group, zarr.Group):
+            raise MetadataError(f"{self.path}: is a zarr array, not an OME-Zarr image group")
+        attrs = group.attrs.asdict()
+        if not is_marked_incomplete(attrs):
+            raise FinishedStoreError(
+                f"{self.path}: finish() called on an image that is already finished"
+            )
+        del attrs[MARKER_KEY]
+        group.attrs.put(attrs)
+        self._finished = True
+        self._arrays = None
+        logger.info("%s: finished", self.path)
 
 
 def create_ome_zarr(
@@ -223,116 +271,63 @@ def create_ome_zarr(
 ) -> OmeZarrWriter:
     """Create an empty OME-Zarr image with all its pyramid levels, atomically.
 
+    The image is marked as being written until :meth:`OmeZarrWriter.finish` (or the end of a
+    ``with`` block on the writer): ``open_volume`` refuses it until then, so that a writer
+    killed half-way never leaves a store whose unwritten chunks read as zeros.
+
     Args:
         path: Folder to create (conventionally ending in ``.ome.zarr``).
-        shape: Level-0 shape, one entry per axis.
+        shape: Level-0 shape, one integer per axis.
         dtype: Numeric voxel dtype.
-        chunks: Chunk shape, one entry per axis (clipped to each level's shape).
+        chunks: Chunk shape, one integer per axis (clipped to each level's shape).
         axes: Axis letters from ``"tczyx"`` in storage order (NGFF wants t, c, then space).
         voxel_size: Level-0 physical voxel size per axis (default 1.0).
         unit: Spatial unit, e.g. ``"micrometer"``.
         compressor: ``"zstd"``, ``"blosc-lz4"``, ``"blosc-zstd"`` or ``"none"``.
         ngff_version: ``"0.4"`` (zarr v2) or ``"0.5"`` (zarr v3).
         levels: Number of pyramid levels; fill levels >= 1 with ``build_pyramid``.
-        downscale: Factor between levels for every spatial axis, or per axis (``{"y": 2,
-            "x": 2}`` keeps z).
+        downscale: Integer factor between levels for every spatial axis, or per axis
+            (``{"y": 2, "x": 2}`` keeps z).
         channel_names: Names of the ``c`` axis entries, stored as OMERO channel labels.
         name: Image name (default: the folder name).
         overwrite: Replace an existing store; without it an existing path is an error.
 
     Returns:
         An :class:`OmeZarrWriter` for the new image.
+
+    Raises:
+        MetadataError: malformed shape, chunks, axes, voxel size, levels or downscale
+            (non-integers such as ``10.7`` are refused, never truncated).
+        UnsupportedFormatError: a non-numeric dtype or an unknown compressor.
+        StoreExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    path = Path(path)
+    path = as_path(path)
     where = str(path)
-    if ngff_version not in _ngff.NGFF_VERSIONS:
-        raise MetadataError(f"{where}: ngff_version {ngff_version!r} not in {_ngff.NGFF_VERSIONS}")
-    shape_t = tuple(int(n) for n in shape)
-    axes = validate_axes(axes, len(shape_t), where)
-    if sorted(axes, key="tczyx".index) != list(axes):
-        raise MetadataError(f"{where}: OME-NGFF needs axes ordered t, c, z, y, x; found {axes!r}")
-    chunks_t = tuple(int(c) for c in chunks)
-    if len(chunks_t) != len(shape_t) or any(c < 1 for c in chunks_t) or any(n < 1 for n in shape_t):
-        raise MetadataError(
-            f"{where}: chunks {chunks_t} and shape {shape_t} must be positive, one per axis "
-            f"{axes!r}"
-        )
-    np_dtype = np.dtype(dtype)
-    if np_dtype.kind not in "biuf":
-        raise UnsupportedFormatError(f"{where}: dtype {np_dtype} is not a numeric image type")
-    voxel = tuple(float(v) for v in voxel_size) if voxel_size is not None else (1.0,) * len(axes)
-    if len(voxel) != len(axes):
-        raise MetadataError(f"{where}: voxel_size {voxel} must have one entry per axis {axes!r}")
-    if levels < 1:
-        raise MetadataError(f"{where}: levels must be >= 1, found {levels}")
-    if channel_names is not None and (
-        "c" not in axes or len(channel_names) != shape_t[axes.index("c")]
-    ):
-        raise MetadataError(
-            f"{where}: channel_names {list(channel_names)} need a 'c' axis of the same length"
-        )
-    shapes, factors = level_shapes(shape_t, axes, levels, downscale)
-    multiscale = _ngff.build_multiscale(axes, voxel, unit, factors, name or path.name)
-    zarr_format = _ngff.ZARR_FORMAT[ngff_version]
-    attrs = _ngff.wrap(ngff_version, "multiscales", [multiscale])
-    if channel_names is not None:
-        attrs = _with_omero(attrs, ngff_version, channel_names, np_dtype)
+    spec = check_image_spec(
+        where,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        axes=axes,
+        voxel_size=voxel_size,
+        unit=unit,
+        compressor=compressor,
+        ngff_version=ngff_version,
+        channel_names=channel_names,
+    )
+    levels = integer(levels, "levels", where, MetadataError, minimum=1)
+    optional_str(name, "name", where)
+    overwrite = flag(overwrite, "overwrite", where)
+    shapes, factors = level_shapes(spec.shape, spec.axes, levels, downscale, where)
+    attrs = image_attributes(spec, factors, name or path.name)
     with atomic_folder(path, overwrite=overwrite) as temporary:
-        write_image_group(
-            temporary, attrs, shapes, chunks_t, np_dtype, axes, compressor, zarr_format
-        )
+        write_image_group(temporary, attrs, shapes, spec)
     logger.info(
-        "created OME-Zarr %s: %s %s axes %r, %d level(s)", path, shape_t, np_dtype, axes, levels
+        "created OME-Zarr %s: %s %s axes %r, %d level(s)",
+        path,
+        spec.shape,
+        spec.dtype,
+        spec.axes,
+        levels,
     )
     return OmeZarrWriter(path)
-
-
-def write_image_group(
-    folder: Path,
-    attrs: dict[str, Any],
-    shapes: Sequence[tuple[int, ...]],
-    chunks: tuple[int, ...],
-    dtype: np.dtype,
-    axes: str,
-    compressor: str,
-    zarr_format: Literal[2, 3],
-) -> None:
-    """Write the metadata and empty level arrays of one image group into ``folder``."""
-    group = zarr.open_group(str(folder), mode="w", zarr_format=zarr_format)
-    group.attrs.update(attrs)
-    for level, level_shape in enumerate(shapes):
-        extra: dict[str, Any] = (
-            {"dimension_names": list(axes)}
-            if zarr_format == 3
-            else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
-        )
-        group.create_array(
-            str(level),
-            shape=level_shape,
-            chunks=tuple(min(c, n) for c, n in zip(chunks, level_shape, strict=True)),
-            dtype=dtype,
-            compressors=_compressors(compressor, zarr_format),
-            fill_value=0,
-            **extra,
-        )
-
-
-def _with_omero(
-    attrs: dict[str, Any], version: str, channel_names: Sequence[str], dtype: np.dtype
-) -> dict[str, Any]:
-    high = float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
-    low = float(np.iinfo(dtype).min) if dtype.kind in "iu" else 0.0
-    omero = {
-        "channels": [
-            {
-                "label": str(label),
-                "color": "FFFFFF",
-                "active": True,
-                "window": {"min": low, "max": high, "start": low, "end": high},
-            }
-            for label in channel_names
-        ]
-    }
-    if version == "0.5":
-        return {"ome": {**attrs["ome"], "omero": omero}}
-    return {**attrs, "omero": omero}

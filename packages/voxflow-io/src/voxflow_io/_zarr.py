@@ -1,7 +1,7 @@
 """Zarr v2/v3 arrays and OME-Zarr multiscale images (NGFF 0.4 and 0.5).
 
 zarr-python reads the metadata. Voxels of local, unsharded stores whose codec chain is
-``bytes`` plus at most one compressor are read by :class:`_ChunkFileReader`, which reads the
+``bytes`` plus at most one compressor are read by ``_chunks.ChunkFileReader``, which reads the
 chunk files itself and decodes them with numcodecs on a thread pool: measured on 128^3 windows
 of a 64^3-chunked uint16 store (docs/benchmarks.md), zarr-python's asyncio pipeline spent
 2-6x the codec's decode time, tensorstore 1-2.4x, and this reader 0.6-1.7x. Every other
@@ -10,14 +10,15 @@ layout (sharding, transposes, checksums, remote stores) is read through zarr-pyt
 
 from __future__ import annotations
 
-import itertools
+import json
 import logging
+import math
 import os
 import sys
-import threading
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -29,6 +30,7 @@ from zarr.storage import LocalStore
 
 from . import _ngff
 from ._axes import default_axes, validate_axes
+from ._chunks import ChunkFileReader, node_folder
 from ._errors import (
     CorruptVolumeError,
     LevelOutOfRangeError,
@@ -36,7 +38,8 @@ from ._errors import (
     UnsupportedFormatError,
     VolumeNotFoundError,
 )
-from ._threads import run_all
+from ._state import check_complete, incomplete_ancestor
+from ._validate import DEFAULT_MAX_DECODED_BYTES, check_decoded_size
 from ._volume import Reader, VolumeInfo
 
 logger = logging.getLogger(__name__)
@@ -49,13 +52,41 @@ def is_zarr(path: Path) -> bool:
     )
 
 
-def open_node(path: Path, key: str | None) -> zarr.Array | zarr.Group:
-    """Open the array or group at ``path`` (and ``key`` inside it) read-only."""
+#: Metadata documents of zarr v3 and v2 nodes.
+METADATA_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+# What zarr-python raises on metadata it cannot parse: broken JSON (ValueError), missing or
+# mistyped fields (KeyError, TypeError, zarr's own ValueErrors).
+_METADATA_ERRORS = (ValueError, TypeError, KeyError)
+
+
+def open_node(path: Path, key: str | None, *, mode: str = "r") -> zarr.Array | zarr.Group:
+    """Open the array or group at ``path`` (and ``key`` inside it).
+
+    Raises:
+        VolumeNotFoundError: no zarr node there.
+        CorruptVolumeError: a metadata file is not valid JSON (the file is named).
+        MetadataError: the metadata is JSON but not valid zarr metadata.
+    """
+    where = f"{path}" if not key else f"{path} (key {key!r})"
     try:
-        return zarr.open(store=str(path), mode="r", path=key or "")
-    except zarr.errors.NodeNotFoundError as exc:
-        where = f"{path}" if not key else f"{path} (key {key!r})"
+        return zarr.open(store=str(path), mode=mode, path=key or "")  # type: ignore[arg-type]
+    except (zarr.errors.NodeNotFoundError, FileNotFoundError) as exc:
         raise VolumeNotFoundError(f"{where}: no zarr array or group found there") from exc
+    except _METADATA_ERRORS as exc:
+        raise metadata_error(path / key if key else path, exc) from exc
+
+
+def metadata_error(folder: Path, exc: BaseException) -> CorruptVolumeError | MetadataError:
+    """The error for zarr metadata in ``folder`` that zarr-python failed to parse, naming the
+    file: the first metadata document that is not valid JSON, or all of them."""
+    present = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
+    for document in present:
+        try:
+            json.loads(document.read_bytes())
+        except (ValueError, OSError) as json_exc:
+            return CorruptVolumeError(f"{document}: damaged zarr metadata, not JSON: {json_exc}")
+    names = ", ".join(p.name for p in present) or "no metadata file"
+    return MetadataError(f"{folder}: invalid zarr metadata ({names}): {type(exc).__name__}: {exc}")
 
 
 def open_zarr(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInfo]:
@@ -63,11 +94,14 @@ def open_zarr(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
     key: str | None = options.get("key")
     level: int = options.get("level", 0)
     axes_override: str | None = options.get("axes")
+    allow_incomplete: bool = options.get("allow_incomplete", False)
+    max_decoded_bytes: int = options.get("max_decoded_bytes", DEFAULT_MAX_DECODED_BYTES)
     where = f"{path}" if not key else f"{path}[{key!r}]"
     node = open_node(path, key)
     voxel_size: tuple[float, ...] | None = None
     unit = None
     if isinstance(node, zarr.Group):
+        check_complete(where, node.attrs.asdict(), allow_incomplete=allow_incomplete)
         array, axes, voxel_size, unit = _open_image_level(node, level, where)
         if axes_override is not None and axes_override.lower() != axes:
             raise MetadataError(
@@ -79,6 +113,13 @@ def open_zarr(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
                 f"{where}: level {level} requested but a plain zarr array has only level 0"
             )
         array = node
+        marked = incomplete_ancestor(path / key if key else path)
+        if marked is not None:
+            check_complete(
+                f"{where} (inside {marked})",
+                {"voxflow_io": {"state": "incomplete"}},
+                allow_incomplete=allow_incomplete,
+            )
         names = _dimension_names(array)
         if axes_override is not None:
             axes = validate_axes(axes_override, array.ndim, where)
@@ -97,20 +138,28 @@ def open_zarr(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
         raise UnsupportedFormatError(
             f"{where}: dtype {dtype} is not a numeric image type (bool, int, uint or float)"
         )
+    chunks = tuple(int(c) for c in array.chunks)
+    if any(c < 1 for c in chunks):
+        raise MetadataError(
+            f"{where}: chunk shape {chunks} in the array metadata must be positive on every axis"
+        )
+    check_decoded_size(
+        math.prod(chunks) * dtype.itemsize,
+        max_decoded_bytes,
+        f"{where}: every chunk ({chunks} of {dtype})",
+    )
     info = VolumeInfo(
         shape=tuple(int(n) for n in array.shape),
         dtype=dtype,
         axes=axes,
         voxel_size=voxel_size or (1.0,) * array.ndim,
-        chunks=tuple(int(c) for c in array.chunks),
+        chunks=chunks,
         unit=unit,
     )
     eligible, decoder = _fast_path_decoder(array)
-    reader: Reader
-    if eligible:
-        reader = _ChunkFileReader(array, decoder, where)
-    else:
-        reader = _ZarrPythonReader(array, where)
+    reader: Reader = (
+        ChunkFileReader(array, decoder, where) if eligible else _ZarrPythonReader(array, where)
+    )
     logger.debug("%s: opened %s with %s", where, info, type(reader).__name__)
     return reader, info
 
@@ -118,34 +167,40 @@ def open_zarr(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
 def _open_image_level(
     group: zarr.Group, level: int, where: str
 ) -> tuple[zarr.Array, str, tuple[float, ...], str | None]:
-    _, ome = _ngff.ome_attributes(group.attrs.asdict())
+    _, ome = _ngff.ome_attributes(group.attrs.asdict(), where)
     if "plate" in ome or "well" in ome:
         raise UnsupportedFormatError(
             f"{where}: is an OME-Zarr HCS {'plate' if 'plate' in ome else 'well'}; open it with "
             f"voxflow_io.open_plate, or pass key= to the image of one field"
         )
     if "multiscales" not in ome:
-        members = sorted(name for name, _ in group.members())
+        try:
+            members = sorted(name for name, _ in group.members())
+        except _METADATA_ERRORS as exc:
+            raise metadata_error(node_folder(group), exc) from exc
         raise MetadataError(
             f"{where}: zarr group without OME-NGFF multiscales metadata; pass key= naming one "
             f"of its members {members}"
         )
-    multiscales = ome["multiscales"]
-    if not isinstance(multiscales, list) or not multiscales:
-        raise MetadataError(f"{where}: 'multiscales' must be a non-empty list")
-    multiscale = _ngff.parse(_ngff.Multiscale, multiscales[0], where)
+    multiscale = _ngff.first_multiscale(ome, where)
     n_levels = len(multiscale.datasets)
     if not 0 <= level < n_levels:
         raise LevelOutOfRangeError(
             f"{where}: pyramid level {level} requested but the image has levels 0..{n_levels - 1}"
         )
     dataset_path = multiscale.datasets[level].path
+    folder = node_folder(group) / dataset_path
     try:
         array = group[dataset_path]
-    except KeyError as exc:
-        raise MetadataError(
-            f"{where}: level {level} names dataset {dataset_path!r}, which is not in the group"
-        ) from exc
+    except _METADATA_ERRORS as exc:
+        if isinstance(exc, KeyError) and not any(
+            (folder / name).is_file() for name in METADATA_FILES
+        ):
+            raise MetadataError(
+                f"{where}: level {level} names dataset {dataset_path!r}, which is not in the "
+                f"group (no zarr metadata in {folder})"
+            ) from exc
+        raise metadata_error(folder, exc) from exc
     if not isinstance(array, zarr.Array):
         raise MetadataError(f"{where}: level {level} dataset {dataset_path!r} is not an array")
     axes = _ngff.axes_string(multiscale.axes, where)
@@ -202,123 +257,32 @@ def _fast_path_decoder(array: zarr.Array) -> tuple[bool, Codec | None]:
     return ineligible
 
 
-class _ChunkFileReader:
-    """Reads chunk files of a local store directly and decodes them on a thread pool."""
-
-    def __init__(self, array: zarr.Array, decoder: Codec | None, where: str) -> None:
-        self._where = where
-        root = Path(cast(LocalStore, array.store).root)
-        self._root = root / array.path if array.path else root
-        self._metadata = array.metadata
-        self._chunks = tuple(int(c) for c in array.chunks)
-        self._dtype = np.dtype(array.dtype)
-        self._fill = array.fill_value if array.fill_value is not None else 0
-        self._decoder = decoder
-        self._local = threading.local()
-
-    def _buffers(self, nbytes: int) -> tuple[np.ndarray, memoryview]:
-        """This thread's decoded-chunk buffer and a raw buffer of at least ``nbytes``."""
-        local = self._local
-        if getattr(local, "chunk", None) is None:
-            local.chunk = np.empty(self._chunks, self._dtype)
-            local.raw = bytearray(0)
-        if len(local.raw) < nbytes:
-            local.raw = bytearray(max(nbytes, local.chunk.nbytes + 1024))
-        return local.chunk, memoryview(local.raw)[:nbytes]
-
-    def read(self, box: tuple[slice, ...]) -> np.ndarray:
-        out = np.empty(tuple(s.stop - s.start for s in box), self._dtype)
-        ranges = [
-            range(s.start // c, (s.stop - 1) // c + 1)
-            for s, c in zip(box, self._chunks, strict=True)
-        ]
-        run_all(lambda index: self._read_chunk(index, box, out), itertools.product(*ranges))
-        return out
-
-    def _read_chunk(self, index: tuple[int, ...], box: tuple[slice, ...], out: np.ndarray) -> None:
-        chunk_sel, out_sel = [], []
-        for i, s, c in zip(index, box, self._chunks, strict=True):
-            lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
-            chunk_sel.append(slice(lo - i * c, hi - i * c))
-            out_sel.append(slice(lo - s.start, hi - s.start))
-        path = self._root / self._metadata.encode_chunk_key(index)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            out[tuple(out_sel)] = self._fill  # an absent chunk holds the fill value (zarr spec)
-            return
-        try:
-            size = os.fstat(fd).st_size
-            chunk, data = self._buffers(size)
-            got = os.readv(fd, [data])
-        finally:
-            os.close(fd)
-        if got != size:
-            raise CorruptVolumeError(f"{path}: read {got} of {size} bytes of chunk {index}")
-        if self._decoder is None:
-            if len(data) != chunk.nbytes:
-                raise CorruptVolumeError(
-                    f"{path}: uncompressed chunk {index} of {self._where} has {len(data)} bytes, "
-                    f"expected {chunk.nbytes}"
-                )
-            chunk = np.frombuffer(data, self._dtype).reshape(self._chunks)
-        else:
-            found = _decoded_nbytes(self._decoder, data)
-            if found is not None and found != chunk.nbytes:
-                raise CorruptVolumeError(
-                    f"{path}: chunk {index} of {self._where} decodes to {found} bytes, expected "
-                    f"{chunk.nbytes} ({self._chunks} of {self._dtype})"
-                )
-            try:
-                self._decoder.decode(data, out=chunk)
-            except (RuntimeError, ValueError, TypeError) as exc:
-                raise CorruptVolumeError(
-                    f"{path}: chunk {index} of {self._where} cannot be decoded with "
-                    f"{self._decoder!r} (expected {chunk.nbytes} bytes of {self._dtype}): {exc}"
-                ) from exc
-        out[tuple(out_sel)] = chunk[tuple(chunk_sel)]
-
-    def close(self) -> None:
-        """Nothing stays open between reads."""
-
-
-def _decoded_nbytes(codec: Codec, data: bytes | memoryview) -> int | None:
-    """Decoded size recorded in a zstd frame or blosc header, or None if not recorded.
-
-    numcodecs decodes into a larger ``out`` buffer without complaint, so a chunk that holds
-    too few bytes would leave stale voxels behind; the headers say the true size up front.
-    Layouts: zstd frame header (RFC 8878, section 3.1.1.1); blosc header bytes 4-8.
-    """
-    if isinstance(codec, numcodecs.Blosc):
-        return int.from_bytes(data[4:8], "little") if len(data) >= 16 else -1
-    if not isinstance(codec, numcodecs.Zstd):
-        return None
-    if len(data) < 6 or data[:4] != b"\x28\xb5\x2f\xfd":
-        return -1
-    descriptor = data[4]
-    single_segment = bool(descriptor & 0x20)
-    offset = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 0x03]
-    size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
-    if size_bytes == 0 or len(data) < offset + size_bytes:
-        return None
-    size = int.from_bytes(data[offset : offset + size_bytes], "little")
-    return size + 256 if size_bytes == 2 else size
-
-
 class _ZarrPythonReader:
     """Reads through zarr-python: sharded, transposed, checksummed or remote arrays."""
 
     def __init__(self, array: zarr.Array, where: str) -> None:
         self._array = array
         self._where = where
+        self._metadata_file: Path | None = None
+        if isinstance(array.store, LocalStore):
+            name = "zarr.json" if array.metadata.zarr_format == 3 else ".zarray"
+            self._metadata_file = node_folder(array) / name
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
         try:
-            return np.ascontiguousarray(self._array[box])
-        except (RuntimeError, ValueError, TypeError) as exc:
+            data = np.ascontiguousarray(self._array[box])
+        except (RuntimeError, ValueError, TypeError, EOFError, OSError, zlib.error) as exc:
             raise CorruptVolumeError(
-                f"{self._where}: window {box} cannot be decoded: {exc}"
+                f"{self._where}: window {box} cannot be decoded: {type(exc).__name__}: {exc}"
             ) from exc
+        # zarr-python reads a chunk it cannot find as the fill value, also when the whole
+        # store is gone: one stat per window tells the two apart.
+        if self._metadata_file is not None and not os.path.isfile(self._metadata_file):
+            raise VolumeNotFoundError(
+                f"{self._where}: the array metadata {self._metadata_file} is gone: the store "
+                f"was deleted or moved after it was opened"
+            )
+        return data
 
     def close(self) -> None:
         """zarr-python keeps no handle open between reads."""
