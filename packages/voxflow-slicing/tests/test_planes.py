@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from voxflow_slicing import BorderError, SlicingError, axis_plane, plane_coordinates, plane_patch
+from voxflow_slicing import (
+    BorderError,
+    PlaneError,
+    SlicingError,
+    axis_plane,
+    plane_coordinates,
+    plane_patch,
+)
 
 
 class RecordingArray:
@@ -103,3 +110,55 @@ def test_bad_planes(volume: np.ndarray) -> None:
         plane_patch(volume, (10, 10, 10), (3, 3), normal=(0, 0, 0))
     with pytest.raises(SlicingError, match="not both"):
         plane_patch(volume, (10, 10, 10), (3, 3), normal=(1, 0, 0), yaw=0.1)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"centre": (10, NAN, 10)}, r"centre\[1\] must be a finite number, found nan"),
+        ({"centre": (INF, 10, 10)}, r"centre\[0\] must be a finite number, found inf"),
+        ({"centre": (10, 10)}, r"centre .* must have 3 entries"),
+        ({"normal": (1, NAN, 0)}, r"normal\[1\] must be a finite number, found nan"),
+        ({"normal": (INF, 0, 0)}, r"normal\[0\] must be a finite number, found inf"),
+        ({"normal": (0, 0, 0)}, r"normal \(0, 0, 0\) must be a non-zero"),
+        ({"yaw": NAN}, "yaw must be a finite number, found nan"),
+        ({"yaw": -INF}, "yaw must be a finite number, found -inf"),
+        ({"tilt": NAN}, "tilt must be a finite number, found nan"),
+        ({"tilt": INF}, "tilt must be a finite number, found inf"),
+        ({"size": (3.5, 3)}, r"size\[0\] must be an integer, found 3\.5"),
+        ({"size": (0, 3)}, r"size\[0\] must be >= 1, found 0"),
+        ({"size": (3, 3, 3)}, r"size .* must have 2 entries"),
+        ({"order": 3}, "order must be 0 .nearest. or 1 .linear., found 3"),
+        ({"order": 0.5}, r"order must be an integer, found 0\.5"),
+        ({"normal": (1, 0, 0), "yaw": 0.1}, "not both"),
+    ],
+)
+def test_non_finite_or_non_integral_plane_parameters_are_refused(
+    volume: np.ndarray, arguments: dict, message: str
+) -> None:
+    call = {"centre": (10, 10, 10), "size": (3, 3), **arguments}
+    with pytest.raises(PlaneError, match=message):
+        plane_patch(volume, **call)
+
+
+def test_bad_plane_volumes_and_borders(volume: np.ndarray) -> None:
+    with pytest.raises(
+        PlaneError, match=r"volume must have at least 3 axes, found shape \(40, 50\)"
+    ):
+        plane_patch(volume[0, 0], (1, 1, 1), (3, 3))
+    with pytest.raises(
+        BorderError, match="border must be one of 'error', 'constant', found 'reflect'"
+    ):
+        plane_patch(volume, (10, 10, 10), (3, 3), border="reflect")
+    labels = np.zeros((8, 8, 8), np.uint8)
+    with pytest.raises(PlaneError, match=r"pad_value 0\.5 cannot be stored in a uint8 array"):
+        plane_patch(labels, (0, 0, 0), (3, 3), order=0, border="constant", pad_value=0.5)
+    with pytest.raises(PlaneError, match=r"index must be an integer, found 2\.5"):
+        axis_plane(volume, 0, 2.5, (0, 0), (3, 3))
+    with pytest.raises(PlaneError, match=r"axis must be 0, 1 or 2 \(z, y or x\), found 3"):
+        axis_plane(volume, 3, 2, (0, 0), (3, 3))
+    with pytest.raises(PlaneError, match=r"start\[1\] must be an integer, found 0\.5"):
+        axis_plane(volume, 0, 2, (0, 0.5), (3, 3))

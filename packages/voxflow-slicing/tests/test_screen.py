@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import voxflow_slicing._screen as screen_module
-from voxflow_slicing import ScreeningError, grid_positions, screen_patches
+from voxflow_slicing import (
+    GridError,
+    ScreeningError,
+    SlicingError,
+    cell_counts,
+    grid_positions,
+    screen_patches,
+)
 
 
 def brute_force(labels: np.ndarray, positions: np.ndarray, patch: tuple[int, ...]) -> np.ndarray:
@@ -124,3 +131,81 @@ def test_bad_inputs() -> None:
         screen_patches(np.zeros((8, 8)), (4, 4), mask=np.zeros((8, 9)))
     with pytest.raises(ScreeningError, match="too coarse"):
         screen_patches(np.zeros((2, 2)), (1, 1), shape=(16, 16))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: screen_patches(np.zeros((8, 8)), (4.5, 4)),
+            r"patch_size\[0\] must be an integer, found 4\.5",
+        ),
+        (
+            lambda: screen_patches(np.zeros((8, 8)), (4, 4), stride=1.5),
+            r"stride must be an integer",
+        ),
+        (
+            lambda: screen_patches(np.zeros((8, 8)), (4, 4), shape=(16.5, 16)),
+            r"shape\[0\] must be an integer",
+        ),
+        (
+            lambda: screen_patches(np.zeros((8, 8)), (4, 4), min_foreground_fraction=float("nan")),
+            "min_foreground_fraction must be a finite number, found nan",
+        ),
+        (
+            lambda: screen_patches(np.zeros((8, 8)), (4, 4), threads=0),
+            "threads must be >= 1, found 0",
+        ),
+        (
+            lambda: screen_patches(np.zeros((8, 8)), (4, 4), threads=1.5),
+            r"threads must be an integer",
+        ),
+        (lambda: screen_patches([[0, 1]], (1, 1)), "labels must be an array-like"),
+        (
+            lambda: screen_patches(np.zeros((8, 8)), (4, 4), mask=[[1]]),
+            "mask must be an array-like",
+        ),
+        (
+            lambda: screen_patches(np.zeros((8, 0)), (4, 1)),
+            r"labels of shape \(8, 0\) have an empty axis",
+        ),
+    ],
+)
+def test_bad_screening_parameters(call, message: str) -> None:
+    with pytest.raises(SlicingError, match=message):
+        call()
+
+
+def test_window_count_is_checked_before_reading() -> None:
+    class Unreadable:
+        shape = (2048, 2048)
+        dtype = np.dtype(np.uint8)
+
+        def __getitem__(self, key: object) -> np.ndarray:
+            raise AssertionError("read before the window count was checked")
+
+    with pytest.raises(
+        GridError,
+        match=r"3,940,225 windows \(1985 x 1985 per axis\) would take about 300\.6 MiB, more "
+        r"than max_windows=1,000",
+    ):
+        screen_patches(Unreadable(), (64, 64), stride=1, max_windows=1000)
+
+
+def test_cell_counts_bad_boundaries() -> None:
+    labels = np.ones((6, 6), np.uint8)
+    with pytest.raises(ScreeningError, match=r"array must have 1 axes, found shape \(6, 6\)"):
+        cell_counts(labels, [np.array([0, 6])])
+    with pytest.raises(
+        ScreeningError,
+        match=r"boundaries\[1\] must be at least two strictly increasing cuts in \[0, 6\]",
+    ):
+        cell_counts(labels, [np.array([0, 6]), np.array([0, 7])])
+    with pytest.raises(
+        ScreeningError,
+        match=r"boundaries\[0\] must hold integers, found the non-integral value 2\.5",
+    ):
+        cell_counts(labels, [np.array([0, 2.5, 6]), np.array([0, 6])])
+    np.testing.assert_array_equal(
+        cell_counts(labels, [np.array([0, 2, 6]), np.array([0, 6])]), [[12], [24]]
+    )

@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voxflow_slicing import (
+    GridError,
     SlicingError,
+    StitchError,
     block_plan,
     grid_positions,
     importance_map,
@@ -103,7 +105,7 @@ def test_zarr_output_chunks_written_once_and_ranks_split_blocks(tmp_path) -> Non
                 position_dependent,
                 (8, 8, 8),
                 output=output,
-                blocks=list(iter_rank_blocks(plan, rank, 2)),
+                blocks=iter_rank_blocks(plan, num_replicas=2, rank=rank),
             )
     finally:
         type(output).__setitem__ = original
@@ -116,3 +118,177 @@ def test_zarr_output_chunks_written_once_and_ranks_split_blocks(tmp_path) -> Non
 def test_predictor_with_wrong_output_shape() -> None:
     with pytest.raises(SlicingError, match="predict returned shape"):
         sliding_window_predict(np.zeros((1, 8, 8)), lambda b: b[..., :2], (4, 4))
+
+
+class CountingModel:
+    """``position_dependent`` that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return position_dependent(batch)
+
+
+VOLUME = np.random.default_rng(3).random((1, 16, 12)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (
+            np.zeros((2, 16, 12), np.uint8),
+            r"output dtype uint8 is not floating: stitched predictions are weighted averages "
+            r"\(a probability of 0\.7 would be stored as 0\)",
+        ),
+        (np.zeros((2, 16, 12), np.int32), "output dtype int32 is not floating"),
+        (
+            np.zeros((2, 20, 12), np.float32),
+            r"output shape \(2, 20, 12\) must be \(\*out, 16, 12\): its last 2 axes must equal "
+            r"the source's spatial shape \(16, 12\)",
+        ),
+        (np.zeros((2, 8, 12), np.float32), r"output shape \(2, 8, 12\) must be \(\*out, 16, 12\)"),
+        (np.zeros((12,), np.float32), r"output must have at least 2 axes, found shape \(12,\)"),
+        ([[0.0]], "output must be an array-like"),
+    ],
+)
+def test_bad_outputs_are_refused_before_predicting(output: object, message: str) -> None:
+    model = CountingModel()
+    with pytest.raises(StitchError, match=message):
+        sliding_window_predict(VOLUME, model, (8, 8), output=output)
+    assert model.calls == 0
+
+
+def test_output_axes_are_checked_at_the_first_prediction() -> None:
+    model = CountingModel()
+    with pytest.raises(
+        StitchError,
+        match=r"predict returned shape \(6, 2, 8, 8\), i\.e\. output axes \(2,\), but output "
+        r"has shape \(3, 16, 12\): expected output axes \(3,\)",
+    ):
+        sliding_window_predict(VOLUME, model, (8, 8), output=np.zeros((3, 16, 12), np.float32))
+    assert model.calls == 1
+    output = np.full((2, 16, 12), np.nan, np.float32)
+    sliding_window_predict(VOLUME, position_dependent, (8, 8), output=output)
+    expected = sliding_window_predict(VOLUME, position_dependent, (8, 8))
+    np.testing.assert_allclose(output, expected)  # every voxel written
+
+
+def test_blocks_need_an_output_and_must_come_from_this_plan() -> None:
+    model = CountingModel()
+    plan = block_plan((16, 12), (8, 8), (8, 4), overlap=0.5)
+    with pytest.raises(StitchError, match="blocks= needs output=: without an output array"):
+        sliding_window_predict(VOLUME, model, (8, 8), blocks=plan[:2])
+    output = np.zeros((2, 16, 12), np.float32)
+    bigger = block_plan((32, 32), (8, 8), (8, 8), overlap=0.5)
+    with pytest.raises(
+        StitchError, match=r"blocks\[0\]: region .* must lie inside the spatial shape \(16, 12\)"
+    ):
+        sliding_window_predict(VOLUME, model, (8, 8), blocks=bigger[-1:], output=output)
+    with pytest.raises(StitchError, match=r"blocks\[\d\]: windows of patch \(4, 4\) leave voxels"):
+        sliding_window_predict(VOLUME, model, (4, 4), blocks=plan, output=output)
+    with pytest.raises(StitchError, match=r"blocks\[0\] must be a Block from block_plan"):
+        sliding_window_predict(VOLUME, model, (8, 8), blocks=[(0, 8)], output=output)
+    assert model.calls == 0
+    for rank in range(3):  # more ranks than some rank has blocks: still the whole volume
+        sliding_window_predict(
+            VOLUME,
+            model,
+            (8, 8),
+            output=output,
+            blocks=iter_rank_blocks(plan, num_replicas=3, rank=rank),
+        )
+    np.testing.assert_allclose(
+        output, sliding_window_predict(VOLUME, position_dependent, (8, 8)), rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: sliding_window_predict(VOLUME, position_dependent, (8.5, 8)),
+            r"patch_size\[0\] must be an integer, found 8\.5",
+        ),
+        (
+            lambda: sliding_window_predict(VOLUME, position_dependent, (8, 8), batch_size=0),
+            "batch_size must be >= 1, found 0",
+        ),
+        (
+            lambda: sliding_window_predict(VOLUME, position_dependent, (8, 8), batch_size=2.5),
+            r"batch_size must be an integer",
+        ),
+        (
+            lambda: sliding_window_predict(VOLUME, "model", (8, 8)),
+            "predict must be callable, found str",
+        ),
+        (
+            lambda: sliding_window_predict(VOLUME[0, 0], position_dependent, (8, 8)),
+            r"source must have at least 2 axes, found shape \(12,\)",
+        ),
+        (
+            lambda: sliding_window_predict(VOLUME, position_dependent, (8, 8), mode="gauss"),
+            "mode must be one of 'constant', 'gaussian', 'hann', found 'gauss'",
+        ),
+        (
+            lambda: sliding_window_predict(
+                VOLUME, position_dependent, (8, 8), sigma_scale=float("nan")
+            ),
+            "sigma_scale must be a finite number",
+        ),
+        (
+            lambda: sliding_window_predict(
+                VOLUME, position_dependent, (8, 8), overlap=float("inf")
+            ),
+            "overlap must be a finite number",
+        ),
+        (
+            lambda: sliding_window_predict(
+                VOLUME, position_dependent, (8, 8), block_shape=(4.5, 4)
+            ),
+            r"block_shape\[0\] must be an integer",
+        ),
+        (lambda: block_plan((16, 12), (8, 8), (8,)), r"block_shape \(8,\) must have 2 entries"),
+        (
+            lambda: block_plan((1, 16, 12), (8, 8), (8, 8)),
+            r"shape \(1, 16, 12\) must have one axis per patch axis",
+        ),
+        (
+            lambda: iter_rank_blocks([], num_replicas=2, rank=2),
+            r"rank 2 must lie in \[0, num_replicas=2\)",
+        ),
+        (
+            lambda: iter_rank_blocks([], num_replicas=2.5, rank=0),
+            r"num_replicas must be an integer, found 2\.5",
+        ),
+        (
+            lambda: iter_rank_blocks(iter([]), num_replicas=1, rank=0),
+            "plan must be a sequence of Block",
+        ),
+        (lambda: importance_map((4, 4.5)), r"patch_size\[1\] must be an integer"),
+    ],
+)
+def test_bad_stitching_parameters(call, message: str) -> None:
+    with pytest.raises(SlicingError, match=message):
+        call()
+
+
+def test_iter_rank_blocks_takes_ranks_by_keyword_only() -> None:
+    plan = block_plan((16, 12), (8, 8), (4, 4))
+    with pytest.raises(TypeError, match="positional"):
+        iter_rank_blocks(plan, 2, 0)  # type: ignore[misc]
+    shares = [list(iter_rank_blocks(plan, num_replicas=4, rank=r)) for r in range(4)]
+    assert sorted(id(b) for s in shares for b in s) == sorted(id(b) for b in plan)
+
+
+def test_plan_size_is_checked_before_building() -> None:
+    with pytest.raises(
+        GridError,
+        match=r"block plan over \(2048, 2048, 2048\) with patch \(64, 64, 64\), stride "
+        r"\(64, 64, 64\) and block_shape \(1, 1, 1\): 8,589,934,592 blocks listing "
+        r"8,589,934,592 window starts would take about .* GiB, more than max_windows=50,000,000",
+    ):
+        block_plan((2048, 2048, 2048), (64, 64, 64), (1, 1, 1))
+    with pytest.raises(GridError, match="512 blocks listing 14,278,164,776 window starts"):
+        block_plan((2048, 2048, 2048), (64, 64, 64), (256, 256, 256), stride=1)

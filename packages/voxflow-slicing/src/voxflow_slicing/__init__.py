@@ -6,11 +6,23 @@ zarr, dask, voxflow-io ``Volume``); depends on numpy and scipy only.
 
 from importlib.metadata import version
 
-from ._errors import BorderError, GridError, ScreeningError, SlicingError
+from ._errors import (
+    BorderError,
+    GridError,
+    PatchIndexError,
+    PlaneError,
+    SamplerError,
+    ScreeningError,
+    SlicingError,
+    StitchError,
+)
 from ._extract import extract_patch
 from ._fingerprint import fingerprint
 from ._grid import axis_starts, grid_positions, grid_starts, resolve_stride
-from ._index import PatchIndex, VolumeSource, build_patch_index
+from ._importance import importance_map, importance_profiles
+from ._index import VolumeSource, build_patch_index
+from ._patch_index import PatchIndex
+from ._plan import Block, block_plan, iter_rank_blocks
 from ._planes import axis_plane, plane_basis, plane_coordinates, plane_patch
 from ._protocol import ArrayLike
 from ._samplers import (
@@ -21,15 +33,7 @@ from ._samplers import (
     sample_locations,
 )
 from ._screen import PatchScreen, cell_counts, screen_patches
-from ._stitch import (
-    Block,
-    block_plan,
-    importance_map,
-    importance_profiles,
-    iter_rank_blocks,
-    predict_block,
-    sliding_window_predict,
-)
+from ._stitch import predict_block, sliding_window_predict
 
 __version__ = version("voxflow-slicing")
 
@@ -41,9 +45,13 @@ __all__ = [
     "GridError",
     "PatchDraw",
     "PatchIndex",
+    "PatchIndexError",
     "PatchScreen",
+    "PlaneError",
+    "SamplerError",
     "ScreeningError",
     "SlicingError",
+    "StitchError",
     "UniformSampler",
     "VolumeSource",
     "WeightedSampler",

@@ -8,7 +8,7 @@ class SlicingError(Exception):
 
 
 class GridError(SlicingError, ValueError):
-    """Patch size, stride, overlap or shape do not define a valid window grid."""
+    """Patch size, stride, overlap or shape do not define a valid window grid (or one too big)."""
 
 
 class BorderError(SlicingError, IndexError):
@@ -17,3 +17,19 @@ class BorderError(SlicingError, IndexError):
 
 class ScreeningError(SlicingError, ValueError):
     """Labels, masks or thresholds handed to screening are inconsistent."""
+
+
+class PatchIndexError(SlicingError, ValueError):
+    """A patch index (built, constructed or loaded from a cache file) is inconsistent."""
+
+
+class SamplerError(SlicingError, ValueError):
+    """Sampler parameters (seed, ranks, sizes, foreground locations) are invalid."""
+
+
+class PlaneError(SlicingError, ValueError):
+    """Plane centre, size or orientation is invalid."""
+
+
+class StitchError(SlicingError, ValueError):
+    """Sliding-window inference inputs (plan, blocks, output, predictions) are inconsistent."""

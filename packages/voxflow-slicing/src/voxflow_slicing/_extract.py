@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from ._checks import array_shape, as_int_tuple, check_choice, check_fill_value
 from ._errors import BorderError
 from ._protocol import ArrayLike, read_box, trailing
 
@@ -37,25 +38,30 @@ def extract_patch(
 
     Args:
         array: Any array-like ``(*leading, *spatial)``.
-        start: Window corner per spatial axis; may be negative or run past the end when the
-            border policy pads.
-        patch_size: Window extent per spatial axis.
+        start: Window corner per spatial axis (integers); may be negative or run past the
+            end when the border policy pads.
+        patch_size: Window extent per spatial axis (positive integers).
         border: ``"error"`` (window must lie inside), ``"constant"`` (pad with
             ``pad_value``) or ``"reflect"`` (mirror without repeating the edge voxel).
-        pad_value: Fill value for ``"constant"``.
+        pad_value: Fill value for ``"constant"``; must be representable in ``array.dtype``.
 
     Returns:
         ``(*leading, *patch_size)`` array of ``array.dtype``.
+
+    Raises:
+        BorderError: Invalid start, size, border or pad value, or a window outside the
+            array under ``border="error"``.
+
+    Shapes:
+        array: ``(*leading, *spatial)`` -> ``(*leading, *patch_size)``.
     """
-    shape = tuple(int(n) for n in array.shape)
-    d = len(patch_size)
-    start_t = tuple(int(s) for s in start)
-    size_t = tuple(int(p) for p in patch_size)
-    if len(start_t) != d or d > len(shape) or any(p < 1 for p in size_t):
-        raise BorderError(
-            f"start {start_t} and patch_size {size_t} must have the same length (<= {len(shape)}) "
-            f"and positive sizes"
-        )
+    size_t = as_int_tuple(patch_size, "patch_size", error=BorderError, minimum=1)
+    d = len(size_t)
+    start_t = as_int_tuple(start, "start", error=BorderError, length=d)
+    shape = array_shape(array, "array", error=BorderError, min_ndim=d)
+    check_choice(border, "border", ("error", "constant", "reflect"), error=BorderError)
+    if border == "constant":
+        check_fill_value(pad_value, array.dtype, "pad_value", error=BorderError)
     spatial = shape[len(shape) - d :]
     inside = all(s >= 0 and s + p <= n for s, p, n in zip(start_t, size_t, spatial, strict=True))
     if inside:
@@ -75,13 +81,12 @@ def extract_patch(
             target = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start_t, strict=True))
             out[trailing(target)] = data
         return out
-    if border == "reflect":
-        maps = [
-            _reflect(np.arange(s, s + p), n)
-            for s, p, n in zip(start_t, size_t, spatial, strict=True)
-        ]
-        box = tuple(slice(int(m.min()), int(m.max()) + 1) for m in maps)
-        data = read_box(array, box)
-        index = np.ix_(*[m - b.start for m, b in zip(maps, box, strict=True)])
-        return np.ascontiguousarray(data[trailing(index)])
-    raise BorderError(f"border {border!r} must be 'error', 'constant' or 'reflect'")
+    if any(n < 1 for n in spatial):
+        raise BorderError(f"cannot reflect into the empty spatial shape {spatial}")
+    maps = [
+        _reflect(np.arange(s, s + p), n) for s, p, n in zip(start_t, size_t, spatial, strict=True)
+    ]
+    box = tuple(slice(int(m.min()), int(m.max()) + 1) for m in maps)
+    data = read_box(array, box)
+    index = np.ix_(*[m - b.start for m, b in zip(maps, box, strict=True)])
+    return np.ascontiguousarray(data[trailing(index)])

@@ -33,6 +33,10 @@ def fingerprint(source: str | os.PathLike[str] | np.ndarray) -> str:
         digest.update(repr((source.shape, source.dtype.str)).encode())
         digest.update(np.ascontiguousarray(source).data)
         return digest.hexdigest()
+    if not isinstance(source, str | os.PathLike):
+        raise SlicingError(
+            f"fingerprint takes a path or a numpy array, found {type(source).__name__}"
+        )
     path = Path(source)
     if path.is_file():
         _hash_file(digest, path)

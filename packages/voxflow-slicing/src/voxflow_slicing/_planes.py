@@ -19,7 +19,16 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from ._errors import BorderError, SlicingError
+from ._checks import (
+    array_shape,
+    as_int,
+    as_int_tuple,
+    as_real,
+    as_real_per_axis,
+    check_choice,
+    check_fill_value,
+)
+from ._errors import BorderError, PlaneError
 from ._extract import BorderPolicy, extract_patch
 from ._protocol import ArrayLike, read_box
 
@@ -32,17 +41,26 @@ def plane_basis(
     """Unit normal and in-plane row/column directions, each ``(3,)`` float64 in (z, y, x).
 
     Args:
-        normal: Plane normal (any length); exclusive with ``yaw``/``tilt``.
-        yaw: Rotation about z, radians.
-        tilt: Rotation of the normal from z towards y, radians.
+        normal: Plane normal (any non-zero length, finite); exclusive with ``yaw``/``tilt``.
+        yaw: Rotation about z, radians (finite).
+        tilt: Rotation of the normal from z towards y, radians (finite).
+
+    Raises:
+        PlaneError: A NaN or infinite angle or normal component, a zero normal, or both a
+            normal and angles.
     """
+    yaw = as_real(yaw, "yaw", error=PlaneError)
+    tilt = as_real(tilt, "tilt", error=PlaneError)
     if normal is not None:
         if yaw or tilt:
-            raise SlicingError("give a normal or yaw/tilt angles, not both")
-        n = np.asarray(normal, np.float64)
+            raise PlaneError(
+                f"give a normal or yaw/tilt angles, not both (found normal {normal!r}, "
+                f"yaw {yaw}, tilt {tilt})"
+            )
+        n = np.array(as_real_per_axis(normal, 3, "normal", error=PlaneError))
         length = float(np.linalg.norm(n))
-        if n.shape != (3,) or not np.isfinite(length) or length == 0:
-            raise SlicingError(f"normal {normal!r} must be a finite, non-zero (z, y, x) vector")
+        if length == 0:
+            raise PlaneError(f"normal {normal!r} must be a non-zero (z, y, x) vector")
         n = n / length
         # Rows follow the projection of y onto the plane (x where y is the normal).
         axis = np.array([0.0, 1.0, 0.0]) if abs(n[1]) < 0.9 else np.array([0.0, 0.0, 1.0])
@@ -74,14 +92,16 @@ def plane_coordinates(
 
     Returns:
         ``(3, H, W)`` float64 (z, y, x) coordinates.
+
+    Raises:
+        PlaneError: A centre that is not three finite numbers, a size that is not two
+            positive integers, or a bad orientation (see :func:`plane_basis`).
     """
-    height, width = (int(s) for s in size)
-    if height < 1 or width < 1:
-        raise SlicingError(f"plane size {tuple(size)} must be positive")
+    height, width = as_int_tuple(size, "size", error=PlaneError, length=2, minimum=1)
+    c = np.array(as_real_per_axis(centre, 3, "centre", error=PlaneError)).reshape(3, 1, 1)
     _, rows, columns = plane_basis(normal, yaw=yaw, tilt=tilt)
     i = np.arange(height, dtype=np.float64) - (height - 1) / 2
     j = np.arange(width, dtype=np.float64) - (width - 1) / 2
-    c = np.asarray(centre, np.float64).reshape(3, 1, 1)
     return (
         c
         + rows.reshape(3, 1, 1) * i.reshape(1, -1, 1)
@@ -115,13 +135,26 @@ def plane_patch(
 
     Returns:
         ``(*leading, H, W)``: float64 for ``order=1``, the volume's dtype for ``order=0``.
+
+    Raises:
+        PlaneError: A NaN or infinite centre, normal, yaw or tilt, a bad size or order, a
+            volume with fewer than three axes, or a pad value the output cannot hold.
+        BorderError: Samples outside the volume under ``border="error"``.
+
+    Shapes:
+        volume: ``(*leading, Z, Y, X)`` -> ``(*leading, H, W)``.
     """
+    order = as_int(order, "order", error=PlaneError)
     if order not in (0, 1):
-        raise SlicingError(f"order must be 0 (nearest) or 1 (linear), found {order}")
-    shape = tuple(int(n) for n in volume.shape)
-    if len(shape) < 3:
-        raise SlicingError(f"volume shape {shape} needs three spatial axes (z, y, x)")
+        raise PlaneError(f"order must be 0 (nearest) or 1 (linear), found {order}")
+    shape = array_shape(volume, "volume", error=PlaneError, min_ndim=3)
+    check_choice(border, "border", ("error", "constant"), error=BorderError)
+    if border == "constant":
+        output_dtype = np.float64 if order == 1 else volume.dtype
+        check_fill_value(pad_value, output_dtype, "pad_value", error=PlaneError)
     spatial = np.array(shape[-3:])
+    if np.any(spatial < 1):
+        raise PlaneError(f"volume shape {shape} has an empty spatial axis")
     points = plane_coordinates(centre, size, normal, yaw=yaw, tilt=tilt)
     low = points.reshape(3, -1).min(axis=1)
     high = points.reshape(3, -1).max(axis=1)
@@ -132,8 +165,6 @@ def plane_patch(
             f"{low.round(2).tolist()}..{high.round(2).tolist()} outside the volume's spatial "
             f"shape {tuple(spatial)}; use border='constant' to pad"
         )
-    if border not in ("error", "constant"):
-        raise BorderError(f"border {border!r} must be 'error' or 'constant'")
     start = np.clip(np.floor(low).astype(np.int64), 0, spatial - 1)
     stop = np.clip(np.floor(high).astype(np.int64) + 2, 1, spatial)
     if np.any(stop <= start):  # the plane lies wholly outside: only padding
@@ -176,12 +207,18 @@ def axis_plane(
 
     Returns:
         ``(*leading, H, W)`` of the volume's dtype.
+
+    Raises:
+        PlaneError: Axis not 0, 1 or 2, non-integral index, start or size.
+        BorderError: As in :func:`extract_patch`.
     """
-    if axis not in (0, 1, 2) or len(start) != 2 or len(size) != 2:
-        raise SlicingError(f"axis {axis} must be 0, 1 or 2 and start/size must be 2D")
-    full_start = list(start)
-    full_size = list(size)
-    full_start.insert(axis, index)
+    axis = as_int(axis, "axis", error=PlaneError)
+    if axis not in (0, 1, 2):
+        raise PlaneError(f"axis must be 0, 1 or 2 (z, y or x), found {axis}")
+    array_shape(volume, "volume", error=PlaneError, min_ndim=3)
+    full_start = list(as_int_tuple(start, "start", error=PlaneError, length=2))
+    full_size = list(as_int_tuple(size, "size", error=PlaneError, length=2, minimum=1))
+    full_start.insert(axis, as_int(index, "index", error=PlaneError))
     full_size.insert(axis, 1)
     patch = extract_patch(volume, full_start, full_size, border=border, pad_value=pad_value)
     return np.squeeze(patch, axis=patch.ndim - 3 + axis)

@@ -22,8 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import (
+    DEFAULT_MAX_WINDOWS,
+    array_shape,
+    as_int,
+    as_int_array,
+    as_int_tuple,
+    as_real,
+)
 from ._errors import ScreeningError
-from ._grid import SmallPolicy, grid_starts, positions_from_starts
+from ._grid import SmallPolicy, grid_spec, positions_from_starts
 from ._protocol import ArrayLike
 from ._threads import default_workers
 
@@ -66,6 +74,7 @@ def screen_patches(
     shape: Sequence[int] | None = None,
     small: SmallPolicy = "error",
     threads: int | None = None,
+    max_windows: int = DEFAULT_MAX_WINDOWS,
 ) -> PatchScreen:
     """Screen every window of a grid by its label foreground fraction (and mask coverage).
 
@@ -82,31 +91,54 @@ def screen_patches(
         shape: Full-resolution spatial shape when ``labels`` is downsampled.
         small: Policy for axes shorter than the patch (see ``grid_positions``).
         threads: Worker threads for the counting pass (default: usable cores, at most 8).
+        max_windows: Refuse grids of more windows than this (default 50 million) before
+            reading anything; the message says how many windows and how much memory.
 
     Returns:
         A :class:`PatchScreen` over every window of the grid.
+
+    Raises:
+        ScreeningError: Labels, mask, shape or thresholds are inconsistent.
+        GridError: Invalid patch size, stride or overlap, or more than ``max_windows``
+            windows.
+
+    Shapes:
+        labels: ``(*spatial)`` -> positions ``(N, D)`` int64, fractions ``(N,)`` float64.
     """
-    label_shape = tuple(int(n) for n in labels.shape)
-    full_shape = tuple(int(n) for n in shape) if shape is not None else label_shape
-    if len(label_shape) != len(patch_size) or len(full_shape) != len(patch_size):
+    patch = as_int_tuple(patch_size, "patch_size", error=ScreeningError, minimum=1)
+    label_shape = array_shape(labels, "labels", error=ScreeningError)
+    full_shape = (
+        label_shape
+        if shape is None
+        else as_int_tuple(shape, "shape", error=ScreeningError, minimum=1)
+    )
+    if len(label_shape) != len(patch) or len(full_shape) != len(patch):
         raise ScreeningError(
             f"labels of shape {label_shape} (full shape {full_shape}) must have one axis per "
-            f"patch axis {tuple(patch_size)}; squeeze channel axes first"
+            f"patch axis {patch}; squeeze channel axes first"
         )
     for name, value in (
         ("min_foreground_fraction", min_foreground_fraction),
         ("min_mask_fraction", min_mask_fraction),
     ):
-        if not 0.0 <= value <= 1.0:
-            raise ScreeningError(f"{name} must lie in [0, 1], found {value}")
-    if mask is not None and tuple(int(n) for n in mask.shape) != label_shape:
-        raise ScreeningError(
-            f"mask shape {tuple(mask.shape)} differs from labels shape {label_shape}"
-        )
+        as_real(value, name, error=ScreeningError, minimum=0, maximum=1)
+    if mask is not None:
+        mask_shape = array_shape(mask, "mask", error=ScreeningError)
+        if mask_shape != label_shape:
+            raise ScreeningError(f"mask shape {mask_shape} differs from labels shape {label_shape}")
+    if any(n < 1 for n in label_shape):
+        raise ScreeningError(f"labels of shape {label_shape} have an empty axis")
     if any(f < lab for f, lab in zip(full_shape, label_shape, strict=True)):
         raise ScreeningError(f"full shape {full_shape} is smaller than the labels {label_shape}")
-    starts = grid_starts(full_shape, patch_size, stride=stride, overlap=overlap, small=small)
-    ends = [s + int(p) for s, p in zip(starts, patch_size, strict=True)]
+    workers = (
+        default_workers()
+        if threads is None
+        else as_int(threads, "threads", error=ScreeningError, minimum=1)
+    )
+    spec = grid_spec(full_shape, patch, stride=stride, overlap=overlap, small=small)
+    spec.check_size(max_windows, bytes_per_window=16 * len(patch) + 48)
+    starts = spec.starts()
+    ends = [s + p for s, p in zip(starts, patch, strict=True)]
     # Window boundaries on the label grid (identity unless the labels are downsampled).
     scale = [lab / f for lab, f in zip(label_shape, full_shape, strict=True)]
     lo = [
@@ -119,7 +151,7 @@ def screen_patches(
     ]
     if any(np.any(h <= low) for low, h in zip(lo, hi, strict=True)):
         raise ScreeningError(
-            f"labels of shape {label_shape} are too coarse for patch {tuple(patch_size)} over "
+            f"labels of shape {label_shape} are too coarse for patch {patch} over "
             f"{full_shape}: some window covers no label voxel"
         )
     boundaries = [np.union1d(low, h) for low, h in zip(lo, hi, strict=True)]
@@ -127,7 +159,6 @@ def screen_patches(
     for low, h in zip(lo, hi, strict=True):
         volume = np.multiply.outer(volume, (h - low).astype(np.float64))
     volume = volume.reshape(-1)
-    workers = threads or default_workers()
     foreground = _window_sums(labels, boundaries, lo, hi, workers) / volume
     mask_fraction = None
     keep = foreground >= min_foreground_fraction
@@ -138,7 +169,7 @@ def screen_patches(
     logger.info(
         "screened %d windows of %s over %s: %d kept (foreground >= %s)",
         len(positions),
-        tuple(patch_size),
+        patch,
         full_shape,
         int(keep.sum()),
         min_foreground_fraction,
@@ -182,7 +213,31 @@ def cell_counts(array: ArrayLike, boundaries: Sequence[np.ndarray], workers: int
 
     Returns:
         ``(len(b0) - 1, len(b1) - 1, ...)`` int64 counts.
+
+    Raises:
+        ScreeningError: One boundary array per axis is needed, each with at least two
+            strictly increasing cuts inside the array.
     """
+    shape = array_shape(array, "array", error=ScreeningError, ndim=len(boundaries))
+    if not boundaries:
+        raise ScreeningError("boundaries must name at least one axis, found none")
+    cuts = []
+    for axis, (b, n) in enumerate(zip(boundaries, shape, strict=True)):
+        values = as_int_array(b, f"boundaries[{axis}]", error=ScreeningError)
+        if (
+            values.ndim != 1
+            or len(values) < 2
+            or np.any(np.diff(values) <= 0)
+            or values[0] < 0
+            or values[-1] > n
+        ):
+            raise ScreeningError(
+                f"boundaries[{axis}] must be at least two strictly increasing cuts in "
+                f"[0, {n}] (axis size), found {values.tolist()}"
+            )
+        cuts.append(values)
+    boundaries = cuts
+    workers = as_int(workers, "workers", error=ScreeningError, minimum=1)
     lo = [int(b[0]) for b in boundaries]
     hi = [int(b[-1]) for b in boundaries]
     counts = np.zeros(tuple(len(b) - 1 for b in boundaries), np.int64)

@@ -1,4 +1,4 @@
-"""Inference tiling: importance maps, block plans and weighted stitching of window predictions.
+"""Inference tiling: weighted stitching of window predictions, block by block.
 
 The output is cut into blocks aligned to its storage chunks. Each block lists the windows of
 the global sliding-window grid that overlap it and the input region those windows read (the
@@ -10,140 +10,24 @@ memory is bounded by the blocks in flight, not by the volume.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from ._errors import GridError, SlicingError
-from ._grid import grid_starts, positions_from_starts
+from ._checks import DEFAULT_MAX_WINDOWS, array_shape, as_int, as_int_tuple
+from ._errors import StitchError
+from ._importance import ImportanceMode, check_profiles, importance_profiles
+from ._plan import Block, block_plan, check_block
 from ._protocol import ArrayLike, read_box, trailing
 from ._threads import default_workers
 
 logger = logging.getLogger(__name__)
 
-ImportanceMode = Literal["constant", "gaussian", "hann"]
 Predictor = Callable[[np.ndarray], np.ndarray]
-
-
-def importance_profiles(
-    patch_size: Sequence[int], mode: ImportanceMode = "gaussian", *, sigma_scale: float = 0.125
-) -> list[np.ndarray]:
-    """Per-axis 1D weight profiles whose outer product is :func:`importance_map` (unscaled).
-
-    Returns:
-        One ``(p,)`` float64 profile per axis, each with maximum 1.
-    """
-    size = [int(p) for p in patch_size]
-    if not size or any(p < 1 for p in size):
-        raise GridError(f"patch_size {tuple(patch_size)} must be positive")
-    profiles = []
-    for p in size:
-        i = np.arange(p, dtype=np.float64)
-        if mode == "constant":
-            profile = np.ones(p)
-        elif mode == "gaussian":
-            if sigma_scale <= 0:
-                raise SlicingError(f"sigma_scale must be positive, found {sigma_scale}")
-            sigma = sigma_scale * p
-            profile = np.exp(-((i - (p - 1) / 2) ** 2) / (2 * sigma**2))
-        elif mode == "hann":
-            profile = np.sin(np.pi * (i + 0.5) / p) ** 2
-        else:
-            raise SlicingError(f"mode {mode!r} must be 'constant', 'gaussian' or 'hann'")
-        profiles.append(profile / profile.max())
-    return profiles
-
-
-def importance_map(
-    patch_size: Sequence[int], mode: ImportanceMode = "gaussian", *, sigma_scale: float = 0.125
-) -> np.ndarray:
-    """Per-voxel weight of a window's prediction, maximum 1, strictly positive.
-
-    Modes (each a product of per-axis profiles, see :func:`importance_profiles`):
-        ``constant``: all ones (plain averaging, as MONAI's ``mode="constant"``).
-        ``gaussian``: ``exp(-(i - c)^2 / (2 sigma^2))`` per axis with centre
-            ``c = (p - 1) / 2`` and ``sigma = sigma_scale * p`` (nnU-Net's 1/8).
-        ``hann``: ``sin^2(pi (i + 0.5) / p)`` per axis (never zero at the edges, so border
-            voxels covered by a single window keep a weight).
-
-    Returns:
-        ``(*patch_size)`` float64.
-    """
-    profiles = importance_profiles(patch_size, mode, sigma_scale=sigma_scale)
-    weights = profiles[0]
-    for profile in profiles[1:]:
-        weights = np.multiply.outer(weights, profile)
-    return weights
-
-
-@dataclass(frozen=True)
-class Block:
-    """One independently predictable piece of the output.
-
-    Attributes:
-        region: Output region (spatial slices), aligned to the block grid.
-        windows: ``(K, D)`` int64 starts of the global windows that overlap ``region``.
-        input_region: Spatial slices of the input those windows read.
-    """
-
-    region: tuple[slice, ...]
-    windows: np.ndarray
-    input_region: tuple[slice, ...]
-
-
-def block_plan(
-    shape: Sequence[int],
-    patch_size: Sequence[int],
-    block_shape: Sequence[int],
-    *,
-    stride: int | Sequence[int] | None = None,
-    overlap: float | Sequence[float] | None = None,
-) -> list[Block]:
-    """Cut the spatial ``shape`` into blocks and list each block's windows and input region.
-
-    Args:
-        shape: Spatial shape of input and output.
-        patch_size: Window size.
-        block_shape: Output block size; use (multiples of) the output's chunk shape so that
-            every block writes whole chunks and concurrent writers never share one.
-        stride, overlap: Window grid, as in ``grid_positions``.
-
-    Returns:
-        Blocks in C order of the block grid.
-    """
-    spatial = [int(n) for n in shape]
-    blocks = [int(b) for b in block_shape]
-    if len(blocks) != len(spatial) or any(b < 1 for b in blocks):
-        raise GridError(
-            f"block_shape {tuple(block_shape)} must be positive, one per axis of {tuple(shape)}"
-        )
-    starts = grid_starts(spatial, patch_size, stride=stride, overlap=overlap)
-    patch = [int(p) for p in patch_size]
-    plan = []
-    for corner in itertools.product(
-        *[range(0, n, b) for n, b in zip(spatial, blocks, strict=True)]
-    ):
-        region = tuple(
-            slice(c, min(c + b, n)) for c, b, n in zip(corner, blocks, spatial, strict=True)
-        )
-        per_axis = []
-        for axis_starts, r, p in zip(starts, region, patch, strict=True):
-            first = int(np.searchsorted(axis_starts + p, r.start, side="right"))
-            last = int(np.searchsorted(axis_starts, r.stop, side="left"))
-            per_axis.append(axis_starts[first:last])
-        windows = positions_from_starts(per_axis)
-        input_region = tuple(
-            slice(int(a[0]), int(a[-1]) + p) for a, p in zip(per_axis, patch, strict=True)
-        )
-        plan.append(Block(region, windows, input_region))
-    logger.debug("block plan: %d blocks of %s over %s", len(plan), tuple(blocks), tuple(spatial))
-    return plan
 
 
 def predict_block(
@@ -173,23 +57,35 @@ def predict_block(
 
     Returns:
         ``(*out, *region_shape)`` float32: sum of weighted predictions / sum of weights.
+
+    Raises:
+        StitchError: A source of too few axes, a block not from a plan over the source's
+            spatial shape with this patch, profiles of other lengths, a batch size that is
+            not a positive integer, or a prediction of the wrong shape.
+
+    Shapes:
+        source: ``(*leading, *spatial)``; predict: ``(B, *leading, *patch)`` ->
+        ``(B, *out, *patch)``; result: ``(*out, *region_shape)`` float32.
     """
-    patch = tuple(int(p) for p in patch_size)
-    if tuple(len(p) for p in profiles) != patch:
-        raise SlicingError(
-            f"importance profiles of lengths {[len(p) for p in profiles]} differ from patch {patch}"
-        )
+    patch = as_int_tuple(patch_size, "patch_size", error=StitchError, minimum=1)
+    d = len(patch)
+    shape = array_shape(source, "source", error=StitchError, min_ndim=d)
+    check_block(block, shape[len(shape) - d :], patch, "block")
+    profiles = check_profiles(profiles, patch)
+    batch_size = as_int(batch_size, "batch_size", error=StitchError, minimum=1)
+    if not callable(predict):
+        raise StitchError(f"predict must be callable, found {type(predict).__name__}")
     importance = profiles[0].astype(np.float32)
     for profile in profiles[1:]:
         importance = np.multiply.outer(importance, profile.astype(np.float32))
     data = read_box(source, block.input_region)
     offset = np.array([r.start for r in block.input_region])
     region_shape = tuple(r.stop - r.start for r in block.region)
-    d = len(patch)
     rows = region_shape[0]
     parts = min(default_workers(), rows)
     owners = [slice(rows * i // parts, rows * (i + 1) // parts) for i in range(parts)]
     accumulator: np.ndarray | None = None
+    channels: tuple[int, ...] = ()
     scratch: list[np.ndarray] = []
     for first in range(0, len(block.windows), batch_size):
         starts = block.windows[first : first + batch_size]
@@ -203,10 +99,19 @@ def predict_block(
 
         _run_parallel(gather, range(len(starts)))
         prediction = np.asarray(predict(batch))
-        if prediction.shape[0] != len(starts) or prediction.shape[prediction.ndim - d :] != patch:
-            raise SlicingError(
+        if (
+            prediction.ndim < d + 1
+            or prediction.shape[0] != len(starts)
+            or prediction.shape[prediction.ndim - d :] != patch
+        ):
+            raise StitchError(
                 f"predict returned shape {prediction.shape} for a batch of {batch.shape}; expected "
-                f"({len(starts)}, ..., {', '.join(map(str, patch))})"
+                f"({len(starts)}, *out, {', '.join(map(str, patch))})"
+            )
+        if accumulator is not None and prediction.shape[1 : prediction.ndim - d] != channels:
+            raise StitchError(
+                f"predict returned shape {prediction.shape}, whose output axes "
+                f"{prediction.shape[1 : prediction.ndim - d]} differ from the earlier {channels}"
             )
         if accumulator is None:
             channels = prediction.shape[1 : prediction.ndim - d]
@@ -233,7 +138,7 @@ def predict_block(
 
         _run_parallel(add, range(len(owners)))
     if accumulator is None:
-        raise SlicingError(f"block {block.region} has no windows")
+        raise StitchError(f"block {block.region} has no windows")
     sums = _weight_sums(block, patch, profiles)
     inner = np.ones(())
     for axis_sums in sums[1:]:
@@ -341,7 +246,8 @@ def sliding_window_predict(
     sigma_scale: float = 0.125,
     block_shape: Sequence[int] | None = None,
     batch_size: int = 8,
-    blocks: Sequence[Block] | None = None,
+    blocks: Iterable[Block] | None = None,
+    max_windows: int = DEFAULT_MAX_WINDOWS,
 ) -> Any:
     """Predict a whole volume window by window and stitch, block by block.
 
@@ -349,35 +255,94 @@ def sliding_window_predict(
         source: ``(*leading, *spatial)`` input array-like.
         predict: See :func:`predict_block`.
         patch_size: Window size over the spatial axes.
-        output: Writable array-like ``(*out, *spatial)`` (numpy, zarr); None returns a new
-            numpy array (then ``block_shape`` defaults to the whole volume).
+        output: Writable array-like ``(*out, *spatial)`` (numpy, zarr) of a floating dtype;
+            None returns a new float32 numpy array (then ``block_shape`` defaults to the
+            whole volume).
         overlap: Window overlap fraction per axis.
         mode, sigma_scale: Importance weighting, see :func:`importance_map`.
         block_shape: Output block size (default: the output's chunks, else the volume).
         batch_size: Windows per ``predict`` call.
-        blocks: A subset of the plan to run (e.g. this rank's share); default: all.
+        blocks: A subset of the plan to run (e.g. this rank's share from
+            :func:`iter_rank_blocks`), written into ``output``, which is then required;
+            default: the whole plan.
+        max_windows: Limit on the plan's size, see :func:`block_plan`.
 
     Returns:
         ``output`` (or the new ``(*out, *spatial)`` float32 array).
+
+    Raises:
+        StitchError: Raised before anything is predicted for an output that is not floating
+            (probabilities would be truncated), an output whose spatial shape differs from
+            the source's, ``blocks`` without an output (the rest of the volume would come
+            back unpredicted), or blocks from another plan; raised at the first prediction
+            when the output's leading axes differ from the predicted ``out`` axes.
+
+    Shapes:
+        source: ``(*leading, *spatial)`` -> ``(*out, *spatial)``.
     """
-    d = len(patch_size)
-    spatial = tuple(int(n) for n in source.shape[len(source.shape) - d :])
-    if block_shape is None:
-        chunks = getattr(output, "chunks", None)
-        block_shape = tuple(chunks[-d:]) if isinstance(chunks, tuple) else spatial
-    profiles = importance_profiles(patch_size, mode, sigma_scale=sigma_scale)
-    plan = (
-        list(blocks)
-        if blocks is not None
-        else block_plan(spatial, patch_size, block_shape, overlap=overlap)
-    )
+    patch = as_int_tuple(patch_size, "patch_size", error=StitchError, minimum=1)
+    d = len(patch)
+    shape = array_shape(source, "source", error=StitchError, min_ndim=d)
+    spatial = shape[len(shape) - d :]
+    if not callable(predict):
+        raise StitchError(f"predict must be callable, found {type(predict).__name__}")
+    batch_size = as_int(batch_size, "batch_size", error=StitchError, minimum=1)
+    profiles = importance_profiles(patch, mode, sigma_scale=sigma_scale)
+    out_axes: tuple[int, ...] | None = None
+    if output is not None:
+        output_shape = array_shape(output, "output", error=StitchError, min_ndim=d)
+        if not hasattr(output, "__setitem__"):
+            raise StitchError(
+                f"output must be writable, {type(output).__name__} has no __setitem__"
+            )
+        if np.dtype(output.dtype).kind != "f":
+            raise StitchError(
+                f"output dtype {np.dtype(output.dtype)} is not floating: stitched predictions are "
+                f"weighted averages (a probability of 0.7 would be stored as 0); create the "
+                f"output as float16, float32 or float64"
+            )
+        if output_shape[len(output_shape) - d :] != spatial:
+            raise StitchError(
+                f"output shape {output_shape} must be (*out, {', '.join(map(str, spatial))}): "
+                f"its last {d} axes must equal the source's spatial shape {spatial}"
+            )
+        out_axes = output_shape[: len(output_shape) - d]
+    if blocks is not None:
+        if output is None:
+            raise StitchError(
+                "blocks= needs output=: without an output array only the given blocks would "
+                "be predicted and the rest of the volume would come back unpredicted; pass "
+                "the shared output array (every rank writes its blocks into it), or leave "
+                "blocks=None to predict the whole volume"
+            )
+        if isinstance(blocks, Block) or not isinstance(blocks, Iterable):
+            raise StitchError(f"blocks must be an iterable of Block, found {type(blocks).__name__}")
+        plan = [
+            check_block(block, spatial, patch, f"blocks[{i}]") for i, block in enumerate(blocks)
+        ]
+    else:
+        if block_shape is None:
+            chunks = getattr(output, "chunks", None)
+            block_shape = tuple(chunks[-d:]) if isinstance(chunks, tuple) else spatial
+        plan = block_plan(spatial, patch, block_shape, overlap=overlap, max_windows=max_windows)
+
+    def checked_predict(batch: np.ndarray) -> np.ndarray:
+        prediction = np.asarray(predict(batch))
+        found = prediction.shape[1 : prediction.ndim - d]
+        if out_axes is not None and prediction.ndim > d and found != out_axes:
+            raise StitchError(
+                f"predict returned shape {prediction.shape}, i.e. output axes {found}, but "
+                f"output has shape {(*out_axes, *spatial)}: expected output axes {out_axes}"
+            )
+        return prediction
+
     # One write in flight while the next block is predicted: encoding a compressed output
     # overlaps with the arithmetic, and memory stays at two blocks.
     with ThreadPoolExecutor(1, thread_name_prefix="voxflow-stitch-write") as writer:
         pending: Future[None] | None = None
         for block in plan:
             result = predict_block(
-                source, block, predict, patch_size, profiles, batch_size=batch_size
+                source, block, checked_predict, patch, profiles, batch_size=batch_size
             )
             if output is None and len(plan) == 1:
                 return result  # the only block is the whole volume: no copy
@@ -389,10 +354,3 @@ def sliding_window_predict(
         if pending is not None:
             pending.result()
     return output
-
-
-def iter_rank_blocks(plan: Sequence[Block], rank: int, num_replicas: int) -> Iterator[Block]:
-    """This rank's disjoint share of a block plan (round robin)."""
-    if num_replicas < 1 or not 0 <= rank < num_replicas:
-        raise SlicingError(f"rank {rank} must lie in [0, num_replicas={num_replicas})")
-    return iter(plan[rank::num_replicas])
