@@ -205,7 +205,9 @@ def test_registry_errors_list_what_is_valid() -> None:
             strides=(2,),
         )
     with pytest.raises(
-        InputShapeError, match=r"expects \(B, C, 5, Y, X\), found \(1, 2, 4, 32, 32\)"
+        InputShapeError,
+        match=r"unet25d expects input \(B, 2, 5, Y, X\) float .*; found spatial size 4 on "
+        r"axis 0, expected 5 \(shape \(1, 2, 4, 32, 32\)\)",
     ):
         build_model("unet25d", in_channels=2, depth=5, out_channels=1)(torch.randn(1, 2, 4, 32, 32))
 

@@ -84,7 +84,7 @@ def _gamma_reference(x: np.ndarray, gamma: float, invert: bool, retain_stats: bo
     ("invert", "retain_stats"), [(False, False), (True, False), (False, True), (True, True)]
 )
 def test_gamma_matches_nnunet_formula(batch3d: dict, invert: bool, retain_stats: bool) -> None:
-    gamma = vt.RandGamma(gamma=(0.5, 2.0), invert=invert, retain_stats=retain_stats, seed=0)
+    gamma = vt.RandGamma(gamma=(0.5, 2.0), invert_image=invert, retain_stats=retain_stats, seed=0)
     out = gamma(batch3d)
     for sample, value in enumerate(gamma.last_params["gamma"].tolist()):
         for channel in range(2):

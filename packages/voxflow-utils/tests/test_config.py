@@ -128,7 +128,9 @@ def test_overrides_enter_optional_sections_and_mappings() -> None:
         "losses": {"ink": {"prob": 1}},
         "kwargs": {"filters": [8, 16], "a": {"b": 2}},
     }
-    with pytest.raises(ConfigError, match=r"unknown field 'flip.prop'; fields allowed in flip: \['prob'\]"):
+    with pytest.raises(
+        ConfigError, match=r"unknown field 'flip.prop'; fields allowed in flip: \['prob'\]"
+    ):
         apply_overrides({}, ["flip.prop=1"], Root)
     with pytest.raises(ConfigError, match=r"unknown field 'losses.ink.prop'"):
         apply_overrides({}, ["losses.ink.prop=1"], Root)

@@ -1,14 +1,16 @@
 """voxflow-models: segmentation networks and contrastive encoders as plain PyTorch modules.
 
 ``build_model(name, **kwargs)`` builds any registered model; ``list_models()`` names them.
-No Lightning: every model is an ``nn.Module``.
+No Lightning: every model is an ``nn.Module``. Every model checks its input where it enters
+(``InputSpec``): a wrong rank, channel count or spatial size raises ``InputShapeError``.
 """
 
 from importlib.metadata import version
 
 from ._contrastive import ContrastiveEncoder, build_contrastive_convnext, build_contrastive_resnet
 from ._errors import InputShapeError, ModelConfigError, ModelError, UnknownModelError
-from ._registry import build_model, list_models, model_arguments, register_model
+from ._inputs import InputSpec
+from ._registry import build_model, input_spec_of, list_models, model_arguments, register_model
 from ._segmentation import MultiHeadSegmenter, build_multihead
 from ._stem import ZStackStem, build_unet25d
 
@@ -17,6 +19,7 @@ __version__ = version("voxflow-models")
 __all__ = [
     "ContrastiveEncoder",
     "InputShapeError",
+    "InputSpec",
     "ModelConfigError",
     "ModelError",
     "MultiHeadSegmenter",
@@ -28,6 +31,7 @@ __all__ = [
     "build_model",
     "build_multihead",
     "build_unet25d",
+    "input_spec_of",
     "list_models",
     "model_arguments",
     "register_model",

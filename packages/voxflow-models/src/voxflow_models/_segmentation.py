@@ -9,13 +9,62 @@ import torch
 from monai.networks import nets
 from torch import nn
 
-from ._errors import ModelConfigError
-from ._registry import build_model, register_model
+from ._errors import InputShapeError, ModelConfigError
+from ._inputs import InputSpec, positive_int, stride_product
+from ._registry import build_model, input_spec_of, register_model
 
-register_model("dynunet")(nets.DynUNet)
-register_model("segresnet")(nets.SegResNet)
-register_model("unet")(nets.UNet)
-register_model("swinunetr")(nets.SwinUNETR)
+
+def _strided_spec(name: str, arguments: dict[str, Any]) -> InputSpec:
+    """DynUNet and UNet: skips join encoder and decoder, so sizes divide by their strides."""
+    spatial_dims = int(arguments["spatial_dims"])
+    return InputSpec(
+        name,
+        int(arguments["in_channels"]),
+        spatial_dims,
+        stride_product(arguments["strides"], spatial_dims),
+        "the product of its strides",
+    )
+
+
+def _segresnet_spec(name: str, arguments: dict[str, Any]) -> InputSpec:
+    spatial_dims = int(arguments["spatial_dims"])
+    factor = 2 ** (len(arguments["blocks_down"]) - 1)
+    return InputSpec(
+        name,
+        int(arguments["in_channels"]),
+        spatial_dims,
+        (factor,) * spatial_dims,
+        "2 ** (len(blocks_down) - 1) downsamplings",
+    )
+
+
+def _swinunetr_spec(name: str, arguments: dict[str, Any]) -> InputSpec:
+    spatial_dims = int(arguments["spatial_dims"])
+    return InputSpec(
+        name,
+        int(arguments["in_channels"]),
+        spatial_dims,
+        (int(arguments["patch_size"]) ** 5,) * spatial_dims,
+        "patch_size ** 5",
+    )
+
+
+register_model("dynunet", _strided_spec)(nets.DynUNet)
+register_model("segresnet", _segresnet_spec)(nets.SegResNet)
+register_model("unet", _strided_spec)(nets.UNet)
+register_model("swinunetr", _swinunetr_spec)(nets.SwinUNETR)
+
+
+def _check_heads(heads: Mapping[str, int]) -> dict[str, int]:
+    """``heads`` as a dict of target name -> channels (>= 1), or ``ModelConfigError``."""
+    if not isinstance(heads, Mapping) or not heads or not all(isinstance(n, str) for n in heads):
+        raise ModelConfigError(
+            f"multihead: heads must map target names to channels, found {heads!r}"
+        )
+    return {
+        name: positive_int("multihead", f"heads[{name!r}]", channels)
+        for name, channels in heads.items()
+    }
 
 
 class MultiHeadSegmenter(nn.Module):
@@ -23,6 +72,14 @@ class MultiHeadSegmenter(nn.Module):
 
     The network's final convolution produces the heads' channels side by side, which equals
     one 1x1(x1) convolution per head on the shared last features.
+
+    Args:
+        network: a segmentation network with ``sum(heads.values())`` output channels.
+        heads: output channels per target name (each >= 1).
+        deep_supervision: the network returns ``(B, 1 + deep_supr_num, C, *spatial)`` in
+            training (DynUNet).
+        input_spec: the network's input contract, checked where the input enters; ``None``
+            checks only that the input is a floating ``(B, C, *spatial)`` tensor.
 
     Shapes:
         input: ``(B, C_in, *spatial)`` float.
@@ -33,16 +90,33 @@ class MultiHeadSegmenter(nn.Module):
     """
 
     def __init__(
-        self, network: nn.Module, heads: Mapping[str, int], deep_supervision: bool = False
+        self,
+        network: nn.Module,
+        heads: Mapping[str, int],
+        deep_supervision: bool = False,
+        *,
+        input_spec: InputSpec | None = None,
     ) -> None:
         super().__init__()
-        if not heads or any(c < 1 for c in heads.values()):
-            raise ModelConfigError(f"heads {dict(heads)} must map target names to >= 1 channels")
         self.network = network
-        self.heads = dict(heads)
-        self.deep_supervision = deep_supervision
+        self.heads = _check_heads(heads)
+        self.deep_supervision = bool(deep_supervision)
+        self.input_spec = input_spec
 
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
+        if self.input_spec is not None:
+            self.input_spec.check(image)
+        elif not (
+            isinstance(image, torch.Tensor) and image.ndim >= 3 and image.is_floating_point()
+        ):
+            found = (
+                f"shape {tuple(image.shape)}, dtype {image.dtype}"
+                if isinstance(image, torch.Tensor)
+                else type(image).__name__
+            )
+            raise InputShapeError(
+                f"MultiHeadSegmenter expects a float (B, C, *spatial) tensor; found {found}"
+            )
         output = self.network(image)
         sizes = list(self.heads.values())
         if self.deep_supervision and self.training:
@@ -63,11 +137,17 @@ def build_multihead(
         backbone: A registered segmentation model (``dynunet``, ``segresnet``, ``unet``,
             ``swinunetr``).
         heads: Output channels per target name, e.g. ``{"ink": 1, "surface": 2}``.
-        **backbone_kwargs: The backbone's arguments except ``out_channels``.
+        **backbone_kwargs: The backbone's arguments except ``out_channels`` (checked by the
+            backbone: unknown ones are errors that list the valid ones).
     """
     if "out_channels" in backbone_kwargs:
         raise ModelConfigError("multihead sets out_channels from heads; do not pass it")
-    network = build_model(backbone, out_channels=sum(heads.values()), **backbone_kwargs)
+    arguments = {"out_channels": sum(_check_heads(heads).values()), **backbone_kwargs}
+    network = build_model(backbone, **arguments)
+    spec = input_spec_of(backbone, **arguments)
     return MultiHeadSegmenter(
-        network, heads, deep_supervision=bool(backbone_kwargs.get("deep_supervision"))
+        network,
+        heads,
+        deep_supervision=bool(backbone_kwargs.get("deep_supervision")),
+        input_spec=None if spec is None else spec.renamed(f"multihead ({backbone})"),
     )

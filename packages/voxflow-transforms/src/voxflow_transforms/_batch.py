@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -20,6 +22,52 @@ def check_probability(name: str, value: float) -> float:
     return float(value)
 
 
+def check_flag(name: str, value: bool) -> bool:
+    """Return ``value``, or raise when it is not a bool (``"no"`` would otherwise be true)."""
+    if not isinstance(value, bool):
+        raise TransformConfigError(f"{name} must be True or False, found {value!r}")
+    return value
+
+
+def check_seed(name: str, seed: int | None) -> int | None:
+    """Return ``seed`` as an int (``None`` stays ``None``), or raise when it is not an integer in
+    ``[0, 2**64)`` (a float seed would be truncated silently, a bool is not a seed)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TransformConfigError(
+            f"{name} must be an integer in [0, 2**64) or None, found {seed!r} "
+            f"({type(seed).__name__})"
+        )
+    if not 0 <= int(seed) < 2**64:
+        raise TransformConfigError(f"{name} must lie in [0, 2**64), found {seed}")
+    return int(seed)
+
+
+def check_axes(name: str, axes: Sequence[int]) -> tuple[int, ...]:
+    """Return spatial ``axes`` as a tuple of ints, or raise when one is not an integer."""
+    found = tuple(axes)
+    if not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in found):
+        raise TransformConfigError(f"{name} must be integer spatial axes, found {axes!r}")
+    return tuple(int(a) for a in found)
+
+
+def finite_values(name: str, values: Any) -> torch.Tensor:
+    """Per-channel numbers (one number or one per channel) as a 1D float64 tensor; raise when
+    they are not numbers or not finite."""
+    try:
+        flat = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TransformConfigError(
+            f"{name} must be a number or one number per channel, found {values!r}"
+        ) from exc
+    if flat.numel() == 0 or not bool(torch.isfinite(flat).all()):
+        raise TransformConfigError(
+            f"{name} must be finite numbers (one, or one per channel), found {values!r}"
+        )
+    return flat
+
+
 def check_range(
     name: str, value: Sequence[float] | float, *, low: float = -math.inf, high: float = math.inf
 ) -> tuple[float, float]:
@@ -28,7 +76,9 @@ def check_range(
     Raises when ``lo > hi``, a bound is not finite, or a bound leaves ``[low, high]``.
     """
     pair = (value, value) if isinstance(value, int | float) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in pair):
+    if len(pair) != 2 or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in pair
+    ):
         raise TransformConfigError(
             f"{name} must be a number or a (low, high) pair, found {value!r}"
         )
@@ -48,7 +98,9 @@ def check_keys(name: str, keys: Sequence[str] | str) -> tuple[str, ...]:
     return found
 
 
-def spatial_layout(batch: Mapping[str, torch.Tensor], keys: Sequence[str], where: str) -> tuple:
+def spatial_layout(
+    batch: Mapping[str, Any], keys: Sequence[str], where: str
+) -> tuple[int, tuple[int, ...]]:
     """Check that ``keys`` exist with one batch size and spatial shape; return ``(B, spatial)``.
 
     Shapes:
@@ -112,3 +164,39 @@ def bernoulli(prob: float, batch_size: int, generator: torch.Generator) -> torch
 def unbatch(batch: Batch) -> Batch:
     """Remove the leading batch axis added to a single-sample dictionary."""
     return {k: v[0] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def check_finite_statistics(
+    where: str,
+    key: str,
+    value: torch.Tensor,
+    statistic: torch.Tensor,
+    what: str,
+    samples: torch.Tensor | None = None,
+) -> None:
+    """Raise when a per-(sample, channel) ``statistic`` of ``value`` is not finite: one NaN or
+    infinite voxel would otherwise turn its whole channel into NaN (or a constant).
+
+    Args:
+        what: the statistic in words, for the message (``"mean and standard deviation"``).
+        samples: the batch index of each row of ``value`` when it holds a subset of the batch.
+
+    Shapes:
+        value: ``(B, C, *spatial)``; statistic: ``(B, C, ...)``.
+    """
+    bad = ~torch.isfinite(statistic.reshape(*statistic.shape[:2], -1)).all(dim=2)
+    if not bool(bad.any()):
+        return
+    row, channel = (int(i) for i in bad.nonzero()[0])
+    count = int((~torch.isfinite(value[row, channel])).sum())
+    sample = row if samples is None else int(samples[row])
+    cause = (
+        f"holds {count} non-finite voxel(s) (NaN or inf)"
+        if count
+        else f"has finite voxels, but its {what} overflow(s) {value.dtype}"
+    )
+    raise BatchError(
+        f"{where}: '{key}' sample {sample}, channel {channel} {cause}; its per-sample {what} "
+        f"would turn the whole channel into NaN ({int(bad.sum())} (sample, channel) pair(s) "
+        "affected). Replace non-finite voxels before this transform"
+    )

@@ -5,55 +5,62 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import cast
 
-import numpy as np
 import torch
-from monai.transforms import Randomizable
+from torch import nn
 
-from ._base import Params, Transform, check_params, from_batch, global_seed, to_batch
-from ._batch import Batch, spatial_layout
-from ._deform import CenterCrop, RandElastic
+from ._base import BaseTransform, Params, Transform
+from ._batch import Batch
 from ._errors import BatchError, TransformConfigError
-from ._resample import SpatialPlan, resample
-from ._spatial import SpatialTransform
+from ._resample import Interpolation, SpatialPlan, resample
 
 logger = logging.getLogger(__name__)
 
 
 class _Fusion:
-    """Spatial transforms collected for one resample."""
+    """Consecutive spatial transforms on the same keys, collected for one resample."""
 
     def __init__(self, plan: SpatialPlan, keys: tuple[str, ...]) -> None:
         self.plan, self.keys = plan, keys
-        self.modes: dict[str, str] = {}
-        self.padding_mode = "zeros"
-        self.resamples = False  # whether a transform with modes and padding joined
+        self.interpolation: Interpolation | None = None  # of the members that interpolate
 
-    def accepts(self, transform: SpatialTransform, keys: tuple[str, ...]) -> bool:
+    def accepts(self, transform: Transform, keys: tuple[str, ...]) -> bool:
+        """Whether ``transform`` can join: same keys, at most one displacement field, and the
+        same interpolation as the members that interpolate."""
         if keys != self.keys:
             return False
-        if isinstance(transform, RandElastic) and self.plan.field is not None:
+        if transform.displacement_field and self.plan.field is not None:
             return False
-        return not (
-            transform.resamples
-            and self.resamples
-            and (transform.modes, transform.padding_mode) != (self.modes, self.padding_mode)
-        )
+        found = transform.interpolation()
+        return found is None or self.interpolation is None or found == self.interpolation
 
-    def add(self, transform: SpatialTransform, params: Params) -> None:
+    def add(self, transform: Transform, params: Params) -> None:
         transform.extend(self.plan, params)
-        if transform.resamples:
-            self.resamples = True
-            self.modes, self.padding_mode = transform.modes, transform.padding_mode
+        found = transform.interpolation()
+        if found is not None:
+            self.interpolation = found
+
+    def resample(self, batch: Batch) -> Batch:
+        logger.debug(
+            "resampling %s: %s -> %s", self.keys, self.plan.input_shape, self.plan.output_shape
+        )
+        # Without a member that interpolates, the plan maps integer voxels to integer voxels.
+        modes, padding_mode = self.interpolation or Interpolation({}, "zeros")
+        return resample(batch, self.keys, self.plan, modes, padding_mode)
 
 
-class Pipeline(Randomizable):
+class Pipeline(BaseTransform[list[Params]]):
     """Apply transforms in order with one seeded generator; consecutive spatial transforms are
     fused into one resample that computes only the output voxels.
 
+    A ``Pipeline`` is an ``nn.Module`` whose transforms are submodules: ``.train()``/``.eval()``
+    (also through a ``LightningModule`` holding it) switch augmentation on and off, and
+    ``.to(device)`` moves what they cache. Its parameters are one dictionary per transform.
+
     Args:
-        transforms: voxflow transforms (their own ``batched`` and ``seed`` are not used).
+        transforms: single voxflow transforms (pipelines do not nest; their own ``batched`` and
+            ``seed`` are not used).
         seed: seed of the pipeline's CPU ``torch.Generator``; ``None`` draws one from torch's
             global generator.
         batched: ``False`` for single-sample dictionaries ``(C, *spatial)`` (MONAI per-sample).
@@ -65,148 +72,74 @@ class Pipeline(Randomizable):
     def __init__(
         self, transforms: Sequence[Transform], *, seed: int | None = None, batched: bool = True
     ) -> None:
-        self.transforms = list(transforms)
-        for index, transform in enumerate(self.transforms):
+        super().__init__(batched=batched, seed=seed)
+        if isinstance(transforms, nn.Module) or not isinstance(transforms, Sequence):
+            raise TransformConfigError(
+                f"Pipeline: transforms must be a list of voxflow Transforms, found "
+                f"{type(transforms).__name__}"
+            )
+        for index, transform in enumerate(transforms):
             if not isinstance(transform, Transform):
+                hint = (
+                    " (pipelines do not nest: list its transforms instead)"
+                    if isinstance(transform, BaseTransform)
+                    else ""
+                )
                 raise TransformConfigError(
                     f"Pipeline: transform {index} is {type(transform).__name__}, "
-                    "expected a voxflow Transform"
+                    f"expected a voxflow Transform{hint}"
                 )
-        self.batched = bool(batched)
-        self.generator = torch.Generator()
-        self.generator.manual_seed(global_seed() if seed is None else int(seed))
-        self.last_params: list[Params] | None = None
+        self.transforms = nn.ModuleList(transforms)
 
-    def train(self, mode: bool = True) -> Pipeline:
-        """Set train (``True``) or eval mode on every transform."""
-        for transform in self.transforms:
-            transform.train(mode)
-        return self
+    def members(self) -> list[Transform]:
+        """The transforms, in order."""
+        return [cast(Transform, transform) for transform in self.transforms]
 
-    def eval(self) -> Pipeline:
-        """Eval mode on every transform: augmentations off, crops centred."""
-        return self.train(False)
-
-    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        """Draw parameters for every transform and apply them; kept in ``last_params``."""
-        batch = to_batch(data, self.batched, "Pipeline")
-        params = self._draw(batch)
-        out = self._run(batch, params)
-        self.last_params = params
-        return from_batch(data, out, self.batched)
-
-    def draw(self, data: Mapping[str, Any]) -> list[Params]:
-        """Draw the parameters of every transform for ``data`` without applying them."""
-        return self._draw(to_batch(data, self.batched, "Pipeline"))
-
-    def replay(self, data: Mapping[str, Any], params: Sequence[Params]) -> dict[str, Any]:
-        """Apply parameters of an earlier call (``last_params``) to ``data``."""
-        self._check_count("Pipeline.replay", params)
-        batch = to_batch(data, self.batched, "Pipeline")
-        return from_batch(data, self._run(batch, list(params)), self.batched)
-
-    def invert(
-        self, data: Mapping[str, Any], params: Sequence[Params], keys: Sequence[str] | None = None
-    ) -> dict[str, Any]:
-        """Undo the geometry of an earlier call on ``data`` (e.g. predictions of an augmented
-        batch): flips, rot90 and affine maps are inverted in one resample; intensity transforms
-        are ignored. Crops and elastic deformations cannot be inverted and raise.
-
-        Shapes:
-            data values: ``(B, C, *spatial)`` in the augmented space; the result has the same
-            shape, in the space of the batch before augmentation.
-        """
-        self._check_count("Pipeline.invert", params)
-        batch = to_batch(data, self.batched, "Pipeline.invert")
-        target = (
-            tuple(keys)
-            if keys is not None
-            else tuple(k for k, v in batch.items() if isinstance(v, torch.Tensor))
-        )
-        batch_size, spatial = spatial_layout(batch, target, "Pipeline.invert")
-        plan = SpatialPlan.identity(batch_size, spatial)
-        modes: dict[str, str] = {}
-        padding_mode = "zeros"
-        for transform, drawn in zip(self.transforms, params, strict=True):
-            if not isinstance(transform, SpatialTransform):
-                continue
-            if isinstance(transform, CenterCrop | RandElastic):
-                raise BatchError(f"Pipeline.invert: {type(transform).__name__} cannot be inverted")
-            check_params(type(transform).__name__, drawn, batch_size)
-            transform.extend(plan, drawn)
-            if transform.resamples:
-                modes, padding_mode = transform.modes, transform.padding_mode
-        inverse = SpatialPlan.identity(batch_size, spatial)
-        inverse.then_matrix(torch.linalg.inv(plan.post), spatial)
-        out = resample(batch, target, inverse, modes, padding_mode)
-        return from_batch(data, out, self.batched)
-
-    def _check_count(self, where: str, params: Sequence[Params]) -> None:
-        if len(params) != len(self.transforms):
-            raise BatchError(
-                f"{where}: {len(params)} parameter sets for {len(self.transforms)} transforms"
-            )
-
-    def _draw(self, batch: Batch) -> list[Params]:
+    # ---------------------------------------------------------------- BaseTransform hooks
+    def draw_batch(self, batch: Batch, generator: torch.Generator) -> list[Params]:
         """Parameters for every transform; spatial shapes follow the chain through its crops."""
         drawn: list[Params] = []
-        plan: SpatialPlan | None = None
-        for transform in self.transforms:
-            if plan is None:
-                batch_size, spatial = transform.layout(batch)
-                plan = SpatialPlan.identity(batch_size, spatial)
-            params = transform.sample(plan.post.shape[0], plan.output_shape, self.generator)
-            if isinstance(transform, SpatialTransform):
-                transform.extend(plan, params)
-            drawn.append(params)
+        layout: tuple[int, tuple[int, ...]] | None = None
+        for transform in self.members():
+            batch_size, spatial = transform.layout(batch) if layout is None else layout
+            drawn.append(transform.sample(batch_size, spatial, generator))
+            layout = (batch_size, transform.output_shape(spatial))
         return drawn
 
-    def _run(self, batch: Batch, params: list[Params]) -> Batch:
+    def apply_batch(self, batch: Batch, params: list[Params]) -> Batch:
+        """Apply checked parameters; consecutive spatial transforms on the same keys share one
+        resample, any other transform between them ends it."""
         fusion: _Fusion | None = None
-        for index, (transform, drawn) in enumerate(zip(self.transforms, params, strict=True)):
-            if isinstance(transform, SpatialTransform):
+        for index, (transform, drawn) in enumerate(self.steps(params, "Pipeline")):
+            where = f"Pipeline transform {index} ({type(transform).__name__})"
+            if transform.spatial:
                 keys = transform.target_keys(batch)
                 if fusion is not None and not fusion.accepts(transform, keys):
-                    batch, fusion = self._flush(batch, fusion), None
+                    batch, fusion = fusion.resample(batch), None
                 if fusion is None:
-                    batch_size, spatial = spatial_layout(batch, keys, type(transform).__name__)
+                    batch_size, spatial = transform.layout(batch)
                     fusion = _Fusion(SpatialPlan.identity(batch_size, spatial), keys)
-                check_params(
-                    f"Pipeline transform {index} ({type(transform).__name__})",
-                    drawn,
-                    fusion.plan.post.shape[0],
-                )
+                transform.check_params(drawn, fusion.plan.post.shape[0], where)
                 fusion.add(transform, drawn)
             else:
                 if fusion is not None:
-                    batch, fusion = self._flush(batch, fusion), None
+                    batch, fusion = fusion.resample(batch), None
                 batch_size, _ = transform.layout(batch)
-                check_params(
-                    f"Pipeline transform {index} ({type(transform).__name__})", drawn, batch_size
-                )
-                batch = transform.apply(batch, drawn)
-        if fusion is not None:
-            batch = self._flush(batch, fusion)
-        return batch
+                transform.check_params(drawn, batch_size, where)
+                batch = transform.apply_params(batch, drawn)
+        return batch if fusion is None else fusion.resample(batch)
 
-    @staticmethod
-    def _flush(batch: Batch, fusion: _Fusion) -> Batch:
-        logger.debug(
-            "resampling %s: %s -> %s",
-            fusion.keys,
-            fusion.plan.input_shape,
-            fusion.plan.output_shape,
-        )
-        return resample(batch, fusion.keys, fusion.plan, fusion.modes, fusion.padding_mode)
+    def steps(self, params: list[Params], where: str) -> list[tuple[Transform, Params]]:
+        """Pair each transform with its parameters; raise unless there is one set for each."""
+        if isinstance(params, Mapping) or not isinstance(params, Sequence):
+            raise BatchError(
+                f"{where}: parameters must be a list of one dict per transform, found "
+                f"{type(params).__name__}"
+            )
+        members = self.members()
+        if len(params) != len(members):
+            raise BatchError(f"{where}: {len(params)} parameter sets for {len(members)} transforms")
+        return list(zip(members, params, strict=True))
 
-    def set_random_state(
-        self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> Pipeline:
-        """Seed the pipeline (MONAI ``Compose.set_random_state`` calls this)."""
-        super().set_random_state(seed=seed, state=state)
-        self.generator.manual_seed(int(self.R.randint(0, 2**31 - 1)))
-        return self
-
-    def randomize(self, data: Any) -> None:
-        """Draw parameters for ``data`` into ``last_params`` (apply them with ``replay``)."""
-        self.last_params = self.draw(data)
+    def extra_repr(self) -> str:
+        return f"batched={self.batched}"

@@ -15,7 +15,9 @@ reduce to integer permutations, flips and offsets are applied by slicing, exactl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,14 @@ from ._errors import BatchError
 
 PADDING_MODES = ("zeros", "border", "reflection")
 MODES = ("linear", "nearest")
+
+
+class Interpolation(NamedTuple):
+    """How a resample interpolates: ``modes`` per key (``"linear"``/``"nearest"``; a key not
+    listed uses ``default_mode``) and ``padding_mode`` outside the input."""
+
+    modes: Mapping[str, str]
+    padding_mode: str
 
 
 def translation(offset: torch.Tensor) -> torch.Tensor:
@@ -93,19 +103,21 @@ class SpatialPlan:
     Shapes:
         pre, post: ``(B, D+1, D+1)`` float64 on the CPU.
         field: ``(B, D, *coarse)`` float32, displacements in voxels of the middle grid, (z, y, x).
+        middle_shape: the grid the field is defined on (the input shape while there is none).
     """
 
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     pre: torch.Tensor
     post: torch.Tensor
+    middle_shape: tuple[int, ...]
     field: torch.Tensor | None = None
-    middle_shape: tuple[int, ...] | None = None
 
     @classmethod
     def identity(cls, batch_size: int, shape: tuple[int, ...]) -> SpatialPlan:
+        """The identity map of ``batch_size`` samples of spatial ``shape``."""
         eye = torch.eye(len(shape) + 1, dtype=torch.float64).repeat(batch_size, 1, 1)
-        return cls(shape, shape, eye, eye.clone())
+        return cls(shape, shape, eye, eye.clone(), shape)
 
     def then_matrix(self, matrix: torch.Tensor, output_shape: tuple[int, ...]) -> None:
         """Append a map whose output indices ``o`` read input indices ``matrix @ o``."""
@@ -165,7 +177,6 @@ class SpatialPlan:
         if self.field is None:
             theta = _xyz(to_input @ self.pre @ self.post @ to_output)[:, :ndim]
             return affine_grid(theta, self.output_shape, device, dtype)
-        assert self.middle_shape is not None
         to_middle = _axis_scale(self.middle_shape, to_normalized=True)
         from_middle = _axis_scale(self.middle_shape, to_normalized=False)
         theta = _xyz(to_middle @ self.post @ to_output)[:, :ndim]
@@ -192,7 +203,7 @@ def resample(
     batch: Batch,
     keys: tuple[str, ...],
     plan: SpatialPlan,
-    modes: dict[str, str],
+    modes: Mapping[str, str],
     padding_mode: str,
 ) -> Batch:
     """Apply ``plan`` to ``keys`` of ``batch`` with one resample; other keys are kept.

@@ -1,23 +1,60 @@
-"""voxflow-utils: configuration, logging, losses, distributed helpers, callbacks and plots."""
+"""voxflow-utils: configuration, logging, losses, distributed helpers, callbacks and plots.
 
+Importing the package loads neither Lightning, matplotlib nor torch: the callback, the plots,
+the losses and the distributed helper are imported when first used (module ``__getattr__``),
+so a configuration loader or a CLI's ``--help`` does not pay seconds and gigabytes for them.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
-from ._callbacks import PreviewCallback
 from ._config import apply_overrides, load_config, read_config_file
-from ._distributed import gather_with_gradient
-from ._errors import ConfigError, LossInputError, VoxflowUtilsError
+from ._errors import (
+    CallbackError,
+    ConfigError,
+    LossInputError,
+    PlotInputError,
+    VoxflowUtilsError,
+)
 from ._logging import current_rank, setup_logging
-from ._losses import DeepSupervisionLoss, NTXentHCLLoss, NTXentLoss, deep_supervision_weights
-from ._plots import plot_embedding_scatter, plot_preview, plot_training_curves, save_figure
+
+if TYPE_CHECKING:
+    from ._callbacks import PreviewCallback
+    from ._distributed import gather_with_gradient
+    from ._losses import (
+        DeepSupervisionLoss,
+        NTXentHCLLoss,
+        NTXentLoss,
+        deep_supervision_weights,
+    )
+    from ._plots import plot_embedding_scatter, plot_preview, plot_training_curves, save_figure
 
 __version__ = version("voxflow-utils")
 
+_LAZY = {
+    "PreviewCallback": "._callbacks",  # Lightning
+    "DeepSupervisionLoss": "._losses",  # torch
+    "NTXentHCLLoss": "._losses",
+    "NTXentLoss": "._losses",
+    "deep_supervision_weights": "._losses",
+    "gather_with_gradient": "._distributed",
+    "plot_embedding_scatter": "._plots",  # matplotlib
+    "plot_preview": "._plots",
+    "plot_training_curves": "._plots",
+    "save_figure": "._plots",
+}
+
 __all__ = [
+    "CallbackError",
     "ConfigError",
     "DeepSupervisionLoss",
     "LossInputError",
     "NTXentHCLLoss",
     "NTXentLoss",
+    "PlotInputError",
     "PreviewCallback",
     "VoxflowUtilsError",
     "__version__",
@@ -33,3 +70,17 @@ __all__ = [
     "save_figure",
     "setup_logging",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the callback, the plots, the losses and the distributed helper on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -8,8 +8,16 @@ class VoxflowUtilsError(Exception):
 
 
 class ConfigError(VoxflowUtilsError, ValueError):
-    """A configuration file or override that does not fit the configuration model."""
+    """A configuration file, override or environment variable that does not fit."""
 
 
 class LossInputError(VoxflowUtilsError, ValueError):
-    """Tensors handed to a loss with the wrong shapes or lengths."""
+    """A loss constructed with invalid arguments, or handed tensors of the wrong shapes."""
+
+
+class CallbackError(VoxflowUtilsError, ValueError):
+    """A callback constructed with invalid arguments, or handed a batch it cannot read."""
+
+
+class PlotInputError(VoxflowUtilsError, ValueError):
+    """Data a plot cannot draw: a missing or malformed metrics file, arrays of the wrong rank."""

@@ -7,16 +7,47 @@ import os
 import sys
 from pathlib import Path
 
+from ._errors import ConfigError
+
 _TAG = "_voxflow_handler"
 
 
 def current_rank() -> int:
-    """This process's global rank: ``torch.distributed`` if initialised, else ``RANK`` (0)."""
+    """This process's global rank: ``torch.distributed`` if initialised, else the ``RANK``
+    environment variable, else ``LOCAL_RANK``, else 0.
+
+    Raises:
+        ConfigError: ``RANK`` or ``LOCAL_RANK`` is set to something other than an integer >= 0.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    for name in ("RANK", "LOCAL_RANK"):
+        raw = os.environ.get(name)
+        if raw is None:
+            continue
+        value = raw.strip()
+        if not value.isdecimal():
+            raise ConfigError(
+                f"environment variable {name}={raw[:100]!r} must be the process's rank, an "
+                "integer >= 0 (as torchrun and SLURM set it)"
+            )
+        return int(value)
+    return 0
+
+
+def _level(name: str, level: int | str) -> int | str:
+    """``level`` if ``logging`` knows it, else ``ConfigError`` listing the known names."""
+    known = logging.getLevelNamesMapping()
+    if isinstance(level, bool) or not (
+        (isinstance(level, int) and level >= 0) or (isinstance(level, str) and level in known)
+    ):
+        raise ConfigError(
+            f"setup_logging: {name} must be one of {sorted(known, key=known.__getitem__)} or an "
+            f"integer >= 0, found {level!r}"
+        )
+    return level
 
 
 def setup_logging(
@@ -35,7 +66,12 @@ def setup_logging(
 
     Returns:
         The root logger.
+
+    Raises:
+        ConfigError: an unknown level name, or a malformed ``RANK``/``LOCAL_RANK``.
     """
+    level = _level("level", level)
+    other_ranks_level = _level("other_ranks_level", other_ranks_level)
     rank = current_rank() if rank is None else rank
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _TAG, False)]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -17,9 +19,14 @@ def deep_supervision_weights(num_scales: int, *, include_lowest: bool = True) ->
     Returns:
         ``(num_scales,)`` float32.
     """
-    if num_scales < 1 or (num_scales == 1 and not include_lowest):
+    if (
+        isinstance(num_scales, bool)
+        or not isinstance(num_scales, numbers.Integral)
+        or num_scales < 1
+        or (num_scales == 1 and not include_lowest)
+    ):
         raise LossInputError(
-            f"num_scales must be >= 1 (>= 2 without the lowest), found {num_scales}"
+            f"num_scales must be an integer >= 1 (>= 2 without the lowest), found {num_scales!r}"
         )
     weights = torch.tensor([0.5**i for i in range(num_scales)], dtype=torch.float32)
     if not include_lowest:
@@ -64,7 +71,28 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
+def _finite(name: str, value: float, *, positive: bool) -> float:
+    """``value`` as a float, or ``LossInputError`` when it is not a finite number (> 0 or >= 0)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or (value <= 0 if positive else value < 0)
+    ):
+        bound = "> 0" if positive else ">= 0"
+        raise LossInputError(f"{name} must be a finite number {bound}, found {value!r}")
+    return float(value)
+
+
 def _pair_similarities(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)):
+        raise LossInputError(
+            f"views must be tensors, found {type(first).__name__} and {type(second).__name__}"
+        )
+    if not (first.is_floating_point() and second.is_floating_point()):
+        raise LossInputError(
+            f"views must be floating tensors, found {first.dtype} and {second.dtype}"
+        )
     if first.ndim != 2 or first.shape != second.shape or first.shape[0] < 2:
         raise LossInputError(
             f"views must both be (B, D) with B >= 2, found {tuple(first.shape)} and "
@@ -86,18 +114,24 @@ class NTXentHCLLoss(nn.Module):
     anchor's negatives. ``beta = 0`` gives every weight 1: plain NT-Xent (SimCLR), exactly.
     The mean over the ``2B`` anchors is returned.
 
+    Args:
+        temperature: divides the similarities (finite, > 0).
+        beta: concentration on hard negatives (finite, >= 0).
+
+    Raises:
+        LossInputError: at construction, a temperature or beta that is not finite or out of
+            range; at a call, views that are not ``(B, D)`` float with ``B >= 2``.
+
     Shapes:
         first, second: ``(B, D)`` float, row ``k`` of both are views of the same sample.
     """
 
     def __init__(self, temperature: float = 0.1, beta: float = 0.0) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise LossInputError(f"temperature must be positive, found {temperature}")
-        if beta < 0:
-            raise LossInputError(f"beta must be >= 0, found {beta}")
-        self.temperature = temperature
-        self.beta = beta
+        self.temperature = _finite(
+            f"{type(self).__name__}: temperature", temperature, positive=True
+        )
+        self.beta = _finite(f"{type(self).__name__}: beta", beta, positive=False)
 
     def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         similarity = _pair_similarities(first, second)
@@ -127,6 +161,9 @@ class NTXentHCLLoss(nn.Module):
 
 class NTXentLoss(NTXentHCLLoss):
     """NT-Xent (SimCLR): :class:`NTXentHCLLoss` with ``beta = 0``.
+
+    Args:
+        temperature: divides the similarities (finite, > 0).
 
     Shapes:
         first, second: ``(B, D)`` float.
