@@ -10,17 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from voxflow_utils import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
 PositiveInt = Annotated[int, Field(ge=1)]
+Precision = Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Range = tuple[float, float]
 
@@ -41,7 +46,8 @@ class VolumeEntry(Section):
         description="Label volume per target name; same spatial shape as the image."
     )
     mask: Path | None = Field(
-        default=None, description="Valid-region mask (nonzero = usable); windows are screened on it."
+        default=None,
+        description="Valid-region mask (nonzero = usable); windows are screened on it.",
     )
     split: Literal["train", "validation"] = Field(
         default="train", description="Whether the volume trains the model or validates it."
@@ -166,11 +172,12 @@ class ScreeningConfig(Section):
 class SamplerConfig(Section):
     """How windows are drawn for training (nnU-Net-style foreground oversampling by default)."""
 
-    kind: Literal["foreground", "uniform", "balanced"] = Field(
+    kind: Literal["foreground", "uniform", "balanced", "shuffle"] = Field(
         default="foreground",
         description="'foreground': a share of every batch centred on voxels of foreground "
-        "classes, the rest uniform over the index; 'uniform': windows uniformly with "
-        "replacement; 'balanced': every volume equally often.",
+        "classes, the rest uniform over the index (nnU-Net); 'uniform': windows uniformly with "
+        "replacement; 'balanced': every volume equally often; 'shuffle': every window once "
+        "per pass in a seeded order, ranks taking disjoint shares.",
     )
     foreground_fraction: Probability = Field(
         default=0.33, description="Share of each batch centred on foreground ('foreground' kind)."
@@ -188,7 +195,10 @@ class SamplerConfig(Section):
 
 # --------------------------------------------------------------------------- normalisation
 class NormalizationConfig(Section):
-    """Intensity normalisation, computed once by ``init`` and carried into every checkpoint."""
+    """Intensity normalisation, computed once by ``init`` and carried into every checkpoint.
+
+    Statistics are lists with one entry per image channel.
+    """
 
     scheme: Literal["ct", "zscore", "fixed", "none"] = Field(
         default="zscore",
@@ -196,14 +206,16 @@ class NormalizationConfig(Section):
         "'zscore': per volume, statistics from a sample of that volume; 'fixed': the given "
         "mean/std (and clip) for every volume; 'none': float32 as stored.",
     )
-    mean: float | None = Field(default=None, description="Dataset mean ('ct', 'fixed').")
-    std: float | None = Field(default=None, gt=0.0, description="Dataset deviation ('ct', 'fixed').")
-    clip_low: float | None = Field(default=None, description="Lower clip ('ct'; optional 'fixed').")
-    clip_high: float | None = Field(default=None, description="Upper clip ('ct'; optional 'fixed').")
-    per_volume: dict[str, tuple[float, float]] = Field(
+    mean: list[float] | None = Field(default=None, description="Per channel ('ct', 'fixed').")
+    std: list[Annotated[float, Field(gt=0.0)]] | None = Field(
+        default=None, description="Per channel ('ct', 'fixed')."
+    )
+    clip_low: list[float] | None = Field(default=None, description="Per channel lower clip.")
+    clip_high: list[float] | None = Field(default=None, description="Per channel upper clip.")
+    per_volume: dict[str, list[tuple[float, float]]] = Field(
         default_factory=dict,
-        description="'zscore': (mean, std) per volume id, measured by init; other volumes "
-        "(e.g. at predict time) are measured the same way when opened.",
+        description="'zscore': per volume id, (mean, std) per channel, measured by init; other "
+        "volumes (e.g. at predict time) are measured the same way when opened.",
     )
     sample_voxels: PositiveInt = Field(
         default=1_000_000, description="Voxels sampled per volume to measure statistics."
@@ -215,15 +227,32 @@ class NormalizationConfig(Section):
             raise ValueError(f"scheme {self.scheme!r} needs mean and std")
         if self.scheme == "ct" and (self.clip_low is None or self.clip_high is None):
             raise ValueError("scheme 'ct' needs clip_low and clip_high")
-        if (
-            self.clip_low is not None
-            and self.clip_high is not None
-            and not self.clip_low < self.clip_high
-        ):
-            raise ValueError(f"clip_low {self.clip_low} must be below clip_high {self.clip_high}")
-        for key, (_, std) in self.per_volume.items():
-            if not std > 0:
-                raise ValueError(f"per_volume[{key!r}] has std {std}, expected > 0")
+        lists = {
+            name: value
+            for name in ("mean", "std", "clip_low", "clip_high")
+            if (value := getattr(self, name)) is not None
+        }
+        lengths = {len(v) for v in lists.values()}
+        if len(lengths) > 1:
+            raise ValueError(
+                f"mean, std, clip_low and clip_high need one entry per channel, found lengths "
+                f"{ {k: len(v) for k, v in lists.items()} }"
+            )
+        for name, value in lists.items():
+            if not all(math.isfinite(v) for v in value):
+                raise ValueError(f"{name} {value} must be finite")
+        if self.clip_low is not None and self.clip_high is not None:
+            for low, high in zip(self.clip_low, self.clip_high, strict=False):
+                if not low < high:
+                    raise ValueError(
+                        f"clip_low {self.clip_low} must lie below clip_high {self.clip_high}"
+                    )
+        for key, stats in self.per_volume.items():
+            for mean, std in stats:
+                if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+                    raise ValueError(
+                        f"per_volume[{key!r}] has (mean, std) {stats}, expected finite, std > 0"
+                    )
         return self
 
 
@@ -266,7 +295,9 @@ class AuxTargetConfig(Section):
     )
     source: str = Field(description="The label target it is computed from.")
     classes: list[int] = Field(min_length=1, description="Label values that form the inside.")
-    scale: Annotated[float, Field(gt=0.0)] = Field(default=4.0, description="Distance scale, voxels.")
+    scale: Annotated[float, Field(gt=0.0)] = Field(
+        default=4.0, description="Distance scale, voxels."
+    )
     weight: Annotated[float, Field(ge=0.0)] = Field(default=0.5, description="Weight in the sum.")
 
 
@@ -274,7 +305,9 @@ class AuxTargetConfig(Section):
 class OptimConfig(Section):
     """Optimiser and learning-rate schedule (stepped every optimiser step)."""
 
-    optimizer: Literal["sgd", "adamw"] = Field(default="sgd", description="SGD (nesterov) or AdamW.")
+    optimizer: Literal["sgd", "adamw"] = Field(
+        default="sgd", description="SGD (nesterov) or AdamW."
+    )
     lr: Annotated[float, Field(gt=0.0)] = Field(default=0.01, description="Peak learning rate.")
     weight_decay: Annotated[float, Field(ge=0.0)] = Field(default=3e-5, description="Weight decay.")
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
@@ -286,7 +319,8 @@ class OptimConfig(Section):
     warmup_steps: Annotated[int, Field(ge=0)] = Field(default=0, description="Linear warm-up.")
     total_steps: PositiveInt | None = Field(
         default=None,
-        description="Schedule length; default trainer.max_steps, else max_epochs x batches_per_epoch.",
+        description="Schedule length; default trainer.max_steps, else max_epochs x "
+        "batches_per_epoch.",
     )
 
 
@@ -297,54 +331,77 @@ class Augmentation(Section):
     prob: Probability = Field(default=0.2, description="Probability per sample.")
 
 
+_PROB = "Probability per sample."
+
+
 class FlipAug(Augmentation):
-    prob: Probability = 0.5
+    """Random flips along spatial axes."""
+
+    prob: Probability = Field(default=0.5, description=_PROB)
     axes: list[int] | None = Field(default=None, description="Spatial axes (default all).")
 
 
 class Rot90Aug(Augmentation):
-    prob: Probability = 0.5
+    """Random 90-degree rotations in one (square) plane."""
+
+    prob: Probability = Field(default=0.5, description=_PROB)
     axes: tuple[int, int] = Field(default=(-2, -1), description="The (square) plane to rotate.")
 
 
 class AffineAug(Augmentation):
+    """Random rotation and zoom (one resample with the other spatial transforms)."""
+
     rotation_degrees: float = Field(default=15.0, ge=0.0, description="Largest rotation per axis.")
     scale: Range = Field(default=(0.85, 1.25), description="Zoom range.")
 
 
 class ElasticAug(Augmentation):
-    prob: Probability = 0.0
+    """Smooth random elastic deformation."""
+
+    prob: Probability = Field(default=0.0, description=_PROB)
     sigma: Range = Field(default=(8.0, 12.0), description="Smoothness of the field, voxels.")
     magnitude: Range = Field(default=(2.0, 4.0), description="RMS displacement, voxels.")
 
 
 class NoiseAug(Augmentation):
-    prob: Probability = 0.1
+    """Additive Gaussian noise."""
+
+    prob: Probability = Field(default=0.1, description=_PROB)
     std: Range = Field(default=(0.0, 0.1), description="Noise deviation (normalised units).")
 
 
 class BlurAug(Augmentation):
-    prob: Probability = 0.1
+    """Gaussian blur."""
+
+    prob: Probability = Field(default=0.1, description=_PROB)
     sigma: Range = Field(default=(0.5, 1.0), description="Gaussian sigma, voxels.")
 
 
 class BrightnessAug(Augmentation):
-    prob: Probability = 0.15
+    """Multiplicative brightness."""
+
+    prob: Probability = Field(default=0.15, description=_PROB)
     multiplier: Range = Field(default=(0.75, 1.25), description="Multiplicative factor.")
 
 
 class ContrastAug(Augmentation):
-    prob: Probability = 0.15
+    """Contrast around the mean."""
+
+    prob: Probability = Field(default=0.15, description=_PROB)
     factor: Range = Field(default=(0.75, 1.25), description="Contrast factor.")
 
 
 class GammaAug(Augmentation):
-    prob: Probability = 0.3
+    """Gamma correction (nnU-Net formula)."""
+
+    prob: Probability = Field(default=0.3, description=_PROB)
     gamma: Range = Field(default=(0.7, 1.5), description="Gamma range.")
 
 
 class LowResolutionAug(Augmentation):
-    prob: Probability = 0.0
+    """Simulated low resolution: downsample, then upsample."""
+
+    prob: Probability = Field(default=0.0, description=_PROB)
     zoom: Range = Field(default=(0.5, 1.0), description="Downsampling factor range.")
 
 
@@ -384,9 +441,7 @@ class TrainerConfig(Section):
     devices: int | str | list[int] = Field(default="auto", description="Devices per node.")
     num_nodes: PositiveInt = Field(default=1, description="Nodes.")
     strategy: str = Field(default="auto", description="'auto', 'ddp', 'ddp_spawn', …")
-    precision: Literal[
-        "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"
-    ] = Field(default="32-true", description="Numerical precision.")
+    precision: Precision = Field(default="32-true", description="Numerical precision.")
     max_steps: int = Field(default=-1, ge=-1, description="Optimiser steps; -1 for no limit.")
     max_epochs: int | None = Field(default=None, ge=-1, description="Epochs; None for no limit.")
     max_time: str | None = Field(
@@ -402,7 +457,9 @@ class TrainerConfig(Section):
     log_every_n_steps: PositiveInt = Field(default=10, description="Logging interval.")
     gradient_clip_val: float | None = Field(default=12.0, description="Gradient norm clip.")
     accumulate_grad_batches: PositiveInt = Field(default=1, description="Gradient accumulation.")
-    num_sanity_val_steps: Annotated[int, Field(ge=-1)] = Field(default=0, description="Sanity checks.")
+    num_sanity_val_steps: Annotated[int, Field(ge=-1)] = Field(
+        default=0, description="Sanity checks."
+    )
     deterministic: bool | Literal["warn"] = Field(default=False, description="Deterministic ops.")
     benchmark: bool | None = Field(default=None, description="cudnn.benchmark.")
     enable_progress_bar: bool = Field(default=True, description="Show progress bars.")
@@ -435,7 +492,9 @@ class LoggingConfig(Section):
         default=["tensorboard", "csv"], description="Lightning loggers (mlflow/wandb if installed)."
     )
     previews: bool = Field(default=True, description="A PNG preview at every validation.")
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Console log level of the run (libraries log at WARNING)."
+    )
     record_patches: bool = Field(
         default=False,
         description="Write every training patch each rank reads (debug/patches-rank<r>.jsonl) "
@@ -590,9 +649,7 @@ def resolve_paths(config: RunConfig, root: Path) -> RunConfig:
     )
 
 
-def load_run_config(
-    path: str | os.PathLike[str], overrides: Sequence[str] = ()
-) -> RunConfig:
+def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
     """Read ``run.yaml`` (YAML/TOML, ``base:`` allowed), apply ``dotted.key=value`` overrides,
     validate, and make relative paths absolute against the file's folder.
 
@@ -606,3 +663,91 @@ def load_run_config(
 def dump_config(config: RunConfig) -> dict[str, Any]:
     """The config as plain YAML-able data, every default written out."""
     return config.model_dump(mode="json")
+
+
+def config_reference() -> str:
+    """Markdown reference of every section and field of ``run.yaml``, from the schema itself.
+
+    ``docs/applications/voxflow-segment-config.md`` is this text (a test keeps them equal;
+    regenerate with ``python -m voxflow_segment.config``).
+    """
+    lines = [
+        "# voxflow-segment: run.yaml reference",
+        "",
+        "Generated from the pydantic schema (`voxflow_segment.config.RunConfig`) by "
+        "`uv run python -m voxflow_segment.config > docs/applications/voxflow-segment-config.md`."
+        " Unknown keys are errors; every key can be overridden on the command line as "
+        "`dotted.key=value` (values are parsed as YAML).",
+        "",
+    ]
+    _reference_section(RunConfig, "", lines)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _reference_section(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
+    title = prefix.rstrip(".") or "top level"
+    lines += [f"## `{title}`", "", (model.__doc__ or "").strip().splitlines()[0], ""]
+    lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    nested: list[tuple[type[BaseModel], str]] = []
+    for name, info in model.model_fields.items():
+        section = _section_of(info.annotation)
+        default = (
+            "required"
+            if info.is_required()
+            else f"`{json.dumps(_plain(info.get_default(call_default_factory=True)))}`"
+        )
+        kind = _type_name(info.annotation)
+        meaning = info.description or ""
+        if not meaning and section is not None and section.__doc__:
+            meaning = section.__doc__.strip().splitlines()[0]
+        if section is not None:
+            nested.append((section, f"{prefix}{name}."))
+            meaning = f"{meaning} See [`{prefix}{name}`](#{(prefix + name).replace('.', '')})."
+        lines.append(f"| `{prefix}{name}` | {kind} | {default} | {meaning} |".replace("\n", " "))
+    lines.append("")
+    for section, path in nested:
+        _reference_section(section, path, lines)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _section_of(annotation: Any) -> type[BaseModel] | None:
+    import types
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(inner) == 1:
+            return _section_of(inner[0])
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return _section_of(item)
+    return None
+
+
+def _type_name(annotation: Any) -> str:
+    text = repr(annotation).replace("typing.", "").replace("pathlib.", "")
+    text = (
+        text.replace("voxflow_segment.config.", "")
+        .replace("__main__.", "")
+        .replace("<class '", "")
+        .replace("'>", "")
+    )
+    text = text.replace("NoneType", "None").replace("|", "\\|")
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"`{text}`"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(config_reference())

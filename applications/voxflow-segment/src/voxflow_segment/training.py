@@ -1,0 +1,305 @@
+"""``train``: the run directory, the Lightning Trainer, resume, and what is written where.
+
+A run directory is readable without the code: ``run.yaml`` (the resolved config, every default
+written out), ``README`` (how it was made), ``checkpoints/`` (``last.ckpt`` and step
+checkpoints, written atomically), ``logs/`` (TensorBoard and CSV), ``previews/`` (PNGs),
+``training_curves.png``, ``metrics.json`` and ``cache/`` (patch index, label scans).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+from .atomic import write_atomic
+from .config import RunConfig, dump_config
+from .errors import RunDirError
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.yaml"
+LAST = "last.ckpt"
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) training run produced."""
+
+    run_dir: Path
+    checkpoint: Path
+    steps: int
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+# Lightning warnings that say nothing actionable about a voxflow run: the module's
+# on_after_batch_transfer is meant to run (augmentation on the device), and the pytree notice
+# is Lightning's own use of a torch API.
+for _message in (
+    r"You have overridden `on_after_batch_transfer` in `LightningModule`",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+):
+    warnings.filterwarnings("ignore", message=_message)
+
+
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger from the run's console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud logging" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
+
+
+def _is_rank_zero() -> bool:
+    # Lightning's DDP launcher starts the other ranks as copies of this command with
+    # LOCAL_RANK set; cluster launchers set RANK. Only global rank 0 prepares the run dir.
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        value = os.environ.get(name)
+        if value is not None and value != "0":
+            return False
+    return True
+
+
+def prepare_run_dir(config: RunConfig, *, resume: bool) -> Path | None:
+    """Check the run directory (fresh or resumable) and write ``run.yaml`` and ``README``.
+
+    Returns:
+        The checkpoint to resume from, or None for a fresh run.
+
+    Raises:
+        RunDirError: a fresh run into a folder that holds a run; ``resume`` without a run or
+            checkpoint there; a resumed run whose config differs from the stored one in
+            anything but how long to train.
+    """
+    run_dir = Path(config.run_dir)
+    stored = run_dir / RUN_FILE
+    last = run_dir / "checkpoints" / LAST
+    if resume:
+        if not stored.is_file():
+            raise RunDirError(f"{run_dir}: nothing to resume: no {RUN_FILE} in the run directory")
+        if not last.is_file():
+            raise RunDirError(
+                f"{run_dir}: nothing to resume: no checkpoints/{LAST} (the run stopped before "
+                f"its first checkpoint); start it again without --resume into a new run_dir"
+            )
+        previous = RunConfig.model_validate(yaml.safe_load(stored.read_text()))
+        if previous.resume_fingerprint() != config.resume_fingerprint():
+            differences = _differences(dump_config(previous), dump_config(config))
+            raise RunDirError(
+                f"{run_dir}: belongs to a different configuration; --resume continues the "
+                f"same run (only trainer.max_steps/max_epochs/max_time may change). "
+                f"Differences: {'; '.join(differences[:10])}"
+            )
+    elif _is_rank_zero() and (stored.exists() or (run_dir / "checkpoints").exists()):
+        raise RunDirError(
+            f"{run_dir}: already holds a run; continue it with --resume, or choose another "
+            f"run_dir (e.g. run_dir={run_dir}-2)"
+        )
+    if _is_rank_zero():
+        write_atomic(
+            stored,
+            "# voxflow-segment run configuration (resolved: every default written out)\n"
+            + yaml.safe_dump(dump_config(config), sort_keys=False),
+        )
+        command = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))
+        write_atomic(
+            run_dir / "README",
+            f"voxflow-segment run, started {time.strftime('%Y-%m-%d %H:%M:%S')} by: {command}\n",
+        )
+    return last if resume else None
+
+
+def _differences(before: Any, after: Any, prefix: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in sorted(set(before) | set(after)):
+            if key in ("max_steps", "max_epochs", "max_time", "enable_progress_bar", "level"):
+                continue
+            out += _differences(before.get(key), after.get(key), f"{prefix}{key}.")
+        return out
+    if before != after:
+        return [f"{prefix.rstrip('.')}: stored {before!r}, given {after!r}"]
+    return []
+
+
+def build_trainer(
+    config: RunConfig, *, progress: bool, callbacks: Sequence[Any] = ()
+) -> pl.Trainer:
+    """A Lightning ``Trainer`` with the run's loggers, checkpoints and settings."""
+    run_dir = Path(config.run_dir)
+    loggers: list[Any] = []
+    for name in config.logging.loggers:
+        loggers.append(_logger(name, run_dir))
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step-{step:07d}",
+        every_n_train_steps=config.checkpoint.every_n_steps,
+        save_top_k=config.checkpoint.keep,
+        monitor="step",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    settings = config.trainer.model_dump()
+    enable_progress_bar = settings.pop("enable_progress_bar") and progress
+    return pl.Trainer(
+        **settings,
+        default_root_dir=run_dir,
+        logger=loggers or False,
+        # tqdm rather than rich: rich prints "Epoch 3/-2" when only max_steps bounds the run.
+        callbacks=[checkpoints, FinalCheckpoint(), TQDMProgressBar(), *callbacks]
+        + ([LearningRateMonitor("step")] if loggers else []),
+        use_distributed_sampler=False,
+        enable_progress_bar=enable_progress_bar,
+        enable_model_summary=False,
+    )
+
+
+def _logger(name: str, run_dir: Path) -> Any:
+    from lightning.pytorch import loggers
+
+    logs = run_dir / "logs"
+    if name == "tensorboard":
+        return loggers.TensorBoardLogger(save_dir=logs, name="tensorboard")
+    if name == "csv":
+        # A new version folder per (re)start: Lightning's CSV logger would delete the
+        # metrics of the interrupted run otherwise.
+        return loggers.CSVLogger(save_dir=logs, name="csv")
+    if name == "mlflow":
+        return loggers.MLFlowLogger(save_dir=str(logs / "mlflow"), run_name=run_dir.name)
+    return loggers.WandbLogger(save_dir=str(logs), name=run_dir.name)
+
+
+class FinalCheckpoint(pl.Callback):
+    """Saves ``last.ckpt`` when training ends (max_steps, max_time, or a stop), so the last
+    state is never lost between two interval checkpoints."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = Path(trainer.default_root_dir) / "checkpoints" / LAST
+        trainer.save_checkpoint(path, weights_only=False)
+        logger.info("saved %s at step %d", path, trainer.global_step)
+
+
+def merge_csv_logs(run_dir: Path) -> Path | None:
+    """Concatenate every CSV logger version of the run into ``logs/metrics.csv``."""
+    files = sorted(
+        (run_dir / "logs" / "csv").glob("version_*/metrics.csv"),
+        key=lambda p: int(p.parent.name.split("_")[1]),
+    )
+    if not files:
+        return None
+    rows: list[dict[str, str]] = []
+    names: list[str] = []
+    for path in files:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            names += [n for n in reader.fieldnames or [] if n not in names]
+            rows += list(reader)
+    out = run_dir / "logs" / "metrics.csv"
+    temporary = out.with_name(".metrics.csv.tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    temporary.replace(out)
+    return out
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+    report: Any = None,
+) -> TrainResult:
+    """Train the model of ``config``; outputs go to ``config.run_dir``.
+
+    Args:
+        config: The run configuration (``load_run_config``).
+        resume: Continue the run in ``run_dir`` from ``checkpoints/last.ckpt``: same step
+            count, optimiser, scheduler and sampler position.
+        progress: Show progress bars.
+        callbacks: Extra Lightning callbacks.
+        report: Called with each summary text (the CLI prints them); None logs them.
+
+    Returns:
+        A :class:`TrainResult` (on every rank; only rank 0 writes the summary files).
+    """
+    from lightning.pytorch import seed_everything
+
+    from .data import SegmentationDataModule, build_data
+    from .module import SegmentationModule
+    from .summary import end_summary, start_summary
+
+    say = report if report is not None else logger.info
+    started = time.perf_counter()
+    config.total_steps()  # the schedule needs a length: refuse now, not at the first step
+    ckpt_path = prepare_run_dir(config, resume=resume)
+    seed_everything(config.seed, workers=True, verbose=False)
+    data = build_data(config, progress=progress and _is_rank_zero())
+    module = SegmentationModule(config.model_dump(mode="json"), data.in_channels)
+    trainer = build_trainer(config, progress=progress, callbacks=callbacks)
+    if trainer.is_global_zero:
+        say(start_summary(config, data, module, trainer, resumed_from=ckpt_path))
+    datamodule = SegmentationDataModule(config, data)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    run_dir = Path(config.run_dir)
+    result = TrainResult(
+        run_dir=run_dir,
+        checkpoint=run_dir / "checkpoints" / LAST,
+        steps=trainer.global_step,
+        seconds=time.perf_counter() - started,
+        metrics=dict(module.validation_metrics),
+    )
+    if trainer.is_global_zero:
+        result.outputs = _write_outputs(config, result)
+        say(end_summary(config, result))
+    return result
+
+
+def _write_outputs(config: RunConfig, result: TrainResult) -> dict[str, Path]:
+    from voxflow_utils import plot_training_curves
+
+    run_dir = Path(config.run_dir)
+    outputs = {"checkpoint": result.checkpoint, "config": run_dir / RUN_FILE}
+    merged = merge_csv_logs(run_dir)
+    if merged is not None:
+        outputs["metrics csv"] = merged
+        outputs["training curves"] = plot_training_curves(merged, run_dir / "training_curves.png")
+    metrics_path = run_dir / "metrics.json"
+    write_atomic(
+        metrics_path,
+        json.dumps(
+            {
+                "steps": result.steps,
+                "seconds": round(result.seconds, 1),
+                "checkpoint": str(result.checkpoint),
+                "validation": {k: (None if v != v else v) for k, v in result.metrics.items()},
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    outputs["metrics"] = metrics_path
+    if (run_dir / "logs" / "tensorboard").is_dir():
+        outputs["tensorboard"] = run_dir / "logs" / "tensorboard"
+    if (run_dir / "previews").is_dir():
+        outputs["previews"] = run_dir / "previews"
+    return outputs
