@@ -9,8 +9,8 @@ with the same parameters. Best of 5 wall times taken round robin, 2 CPU threads.
 A replay check applies voxflow's drawn parameters with MONAI's deterministic transforms (Flip,
 Rotate90, Affine, SpatialCrop, AdjustContrast) sample by sample and compares (noise off).
 
-    uv run python benchmarks/augment.py            # CPU
-    uv run python benchmarks/augment.py --device cuda   # adds the GPU run (voxflow on the GPU)
+    uv run --group bench python benchmarks/augment.py                 # CPU
+    uv run --group bench python benchmarks/augment.py --device cuda   # adds the GPU run
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ in the same process, and beside the floors: the codec's decode time for exactly 
 window touches (compressed bytes already in memory, numcodecs in the main thread, blosc with
 its own threads) and, for uncompressed TIFF, a memcpy of the window's bytes.
 
-    uv run python benchmarks/io_read.py [--windows 40] [--data benchmarks/_data]
+    uv run --group bench python benchmarks/io_read.py [--windows 40] [--data benchmarks/_data]
 
 The stores are written once into --data and reused (reads are from the page cache: this
 measures decoding and copying, not the disk).

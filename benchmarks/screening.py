@@ -4,7 +4,7 @@ Labels: 256x1024x1024 uint8 with ~15 % foreground in 16^3 blobs. Grids: patch 12
 and patch 64^3 stride 16, threshold 0.10. Sources: in memory, and zarr v3 (64^3 chunks, zstd
 and blosc-lz4) read through a voxflow-io Volume and through zarr-python.
 
-    uv run python benchmarks/screening.py [--skip-brute-force]
+    uv run --group bench python benchmarks/screening.py [--skip-brute-force]
 
 Floors: in memory, one ``np.count_nonzero`` pass over the labels; from zarr, decoding every
 chunk (bytes already in memory) on all cores.

@@ -6,7 +6,7 @@ best of 3 wall times and the extra peak resident memory of each method (freed me
 back with malloc_trim and VmHWM reset through /proc/self/clear_refs before each run, so all
 methods run in this one process).
 
-    uv run python benchmarks/stitching.py
+    uv run --group bench python benchmarks/stitching.py
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ here from the input; and the time is set against the decode floor of the input a
 floor of the output (numcodecs on all cores, bytes in memory). Then, on 128x512x512, voxflow
 streaming into zarr beside MONAI's PatchInferer + ZarrAvgMerger, the only streaming peer.
 
-    uv run python benchmarks/stitching_stream.py [--shape 512 2048 2048] [--cap-gib 1.5]
+    uv run --group bench python benchmarks/stitching_stream.py [--shape Z Y X] [--cap-gib GIB]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ encoder, batch 256 of 2x128x128 pairs, NT-Xent with hard-negative concentration.
 fp32, bf16 autocast and fp16 autocast with a gradient scaler; the table gives steps/s, peak
 GPU memory and the loss after the timed steps (must be finite).
 
-    python benchmarks/train_step_gpu.py            # needs CUDA
+    uv run --group bench python benchmarks/train_step_gpu.py   # needs CUDA
 """
 
 from __future__ import annotations

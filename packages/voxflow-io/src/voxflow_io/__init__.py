@@ -1,8 +1,8 @@
 """voxflow-io: open and write large bio-image volumes lazily.
 
 Readers: Zarr v2/v3, OME-Zarr (NGFF 0.4/0.5), TIFF (stacks, tiled, BigTIFF, OME, ImageJ),
-slice folders and ``.npy``, all behind one :class:`Volume`. Writers: OME-Zarr images with
-pyramids and HCS plates, chunk-aligned so that many processes can write one store.
+slice folders and ``.npy``, all behind one [Volume][voxflow_io.Volume]. Writers: OME-Zarr images
+with pyramids and HCS plates, chunk-aligned so that many processes can write one store.
 """
 
 from importlib.metadata import version

@@ -55,15 +55,16 @@ def open_volume(
         series: TIFF series index.
         allow_incomplete: Open an OME-Zarr image that its voxflow-io writer has not finished
             (killed, failed or still running), e.g. to resume writing it. Without it such an
-            image is an :class:`IncompleteStoreError`. Other formats carry no such marker.
+            image is an [IncompleteStoreError][voxflow_io.IncompleteStoreError]. Other formats
+            carry no such marker.
         max_decoded_bytes: Refuse sources whose indivisible unit (a slice image, a TIFF strip
             or tile, a zarr chunk), which is decoded whole even for a small window, would
             decode to more bytes than this (checked from headers and metadata before
             decoding, against decompression bombs). Default 2 GiB.
 
     Returns:
-        A :class:`Volume` whose reads return arrays of its ``dtype`` in the order of its
-        ``axes``.
+        A [Volume][voxflow_io.Volume] whose reads return arrays of its ``dtype`` in the order
+            of its ``axes``.
 
     Raises:
         ParameterError: an argument has the wrong type (e.g. a float level) or ``path`` is

@@ -57,10 +57,10 @@ class PlatePosition(BaseModel):
         return f"{self.row}/{self.column}/{self.field}"
 
     def open(self, level: int = 0, *, allow_incomplete: bool = False) -> Volume:
-        """The field image as a lazy ``(T, C, Z, Y, X)`` :class:`Volume`.
+        """The field image as a lazy ``(T, C, Z, Y, X)`` [Volume][voxflow_io.Volume].
 
         A field whose writer has not called ``finish()`` is an ``IncompleteStoreError``
-        unless ``allow_incomplete`` (see :func:`voxflow_io.open_volume`).
+        unless ``allow_incomplete`` (see [open_volume][voxflow_io.open_volume]).
         """
         return open_volume(self.plate, key=self.key, level=level, allow_incomplete=allow_incomplete)
 
@@ -70,7 +70,10 @@ class PlatePosition(BaseModel):
 
 
 class Plate:
-    """An opened HCS plate. Iterate :meth:`positions` for every well and field."""
+    """An opened HCS plate.
+
+    Iterate [positions][voxflow_io.Plate.positions] for every well and field.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = as_path(path)
@@ -211,7 +214,7 @@ def create_plate(
         channel_names: One name per channel (``C`` entries).
         voxel_size: ``(t, c, z, y, x)`` voxel size (default 1.0).
         unit: Spatial unit, e.g. ``"micrometer"``.
-        compressor: See :func:`create_ome_zarr`.
+        compressor: See [create_ome_zarr][voxflow_io.create_ome_zarr].
         ngff_version: ``"0.4"`` or ``"0.5"``.
         name: Plate name (default: folder name).
         overwrite: Replace an existing store.

@@ -67,7 +67,10 @@ def check_image_spec(
     ngff_version: Any,
     channel_names: Any,
 ) -> ImageSpec:
-    """Validate the parameters shared by :func:`create_ome_zarr` and ``create_plate``.
+    """Validate the parameters that image and plate creation share.
+
+    Used by [create_ome_zarr][voxflow_io.create_ome_zarr] and
+    [create_plate][voxflow_io.create_plate].
 
     Raises:
         MetadataError: shape, chunks, axes, voxel size, unit, version or channel names are

@@ -25,7 +25,7 @@ ErrorType = type[VoxflowIOError]
 
 
 def as_path(value: Any, name: str = "path") -> Path:
-    """A ``str`` or ``os.PathLike`` path as a :class:`Path`; the empty string is refused.
+    """A ``str`` or ``os.PathLike`` path as a ``Path``; the empty string is refused.
 
     ``Path("")`` means the current folder, so an empty string (an unset variable, a missing
     config entry) would silently open or overwrite whatever folder the process runs in.

@@ -1,4 +1,4 @@
-"""The :class:`Volume`: a lazy, picklable window reader over one n-dimensional image array."""
+"""[Volume][voxflow_io.Volume]: a lazy, picklable window reader over one n-dimensional image."""
 
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ Opener: TypeAlias = Callable[[Path, Mapping[str, Any]], tuple[Reader, VolumeInfo
 class Source:
     """How to (re)open a volume: a module-level opener function, a path and its options.
 
-    Only this travels when a :class:`Volume` is pickled; the file handle is reopened on first
-    read in the receiving process.
+    Only this travels when a [Volume][voxflow_io.Volume] is pickled; the file handle is reopened
+    on first read in the receiving process.
     """
 
     opener: Opener
@@ -89,8 +89,8 @@ class Source:
 class Volume:
     """A lazily read n-dimensional image: metadata at open, voxels only on request.
 
-    Build one with :func:`voxflow_io.open_volume`. Reads touch only the chunks, tiles, pages or
-    slice files that intersect the requested window. A ``Volume`` pickles to its source
+    Build one with [open_volume][voxflow_io.open_volume]. Reads touch only the chunks, tiles,
+    pages or slice files that intersect the requested window. A ``Volume`` pickles to its source
     description and reopens its file handle on first use in another process (DataLoader
     workers, DDP ranks).
 
@@ -112,10 +112,12 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """Array shape, one entry per axis."""
         return self._info.shape
 
     @property
     def dtype(self) -> np.dtype:
+        """Voxel data type; reads return arrays of it."""
         return self._info.dtype
 
     @property
@@ -130,6 +132,7 @@ class Volume:
 
     @property
     def unit(self) -> str | None:
+        """Unit of the spatial voxel sizes (e.g. ``"micrometer"``), or None when unknown."""
         return self._info.unit
 
     @property
@@ -139,14 +142,17 @@ class Volume:
 
     @property
     def ndim(self) -> int:
+        """Number of axes."""
         return len(self._info.shape)
 
     @property
     def size(self) -> int:
+        """Number of voxels."""
         return int(np.prod(self._info.shape, dtype=np.int64))
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the whole array once decoded (``size * dtype.itemsize``)."""
         return self.size * self._info.dtype.itemsize
 
     def __len__(self) -> int:
@@ -167,7 +173,7 @@ class Volume:
             size: Window extent, one positive int per axis.
 
         Returns:
-            ``(*size)`` array of :attr:`dtype`, a fresh C-ordered copy.
+            ``(*size)`` array of [dtype][voxflow_io.Volume.dtype], a fresh C-ordered copy.
 
         Raises:
             WindowError: wrong number of entries, negative start, non-positive size, or a
@@ -190,8 +196,8 @@ class Volume:
     def __getitem__(self, key: Index | tuple[Index, ...]) -> np.ndarray:
         """Numpy-style basic indexing: ints, slices (positive step), ``...`` and ``None``.
 
-        Unlike numpy, a slice bound past the end raises :class:`WindowError` instead of being
-        clipped. Integer indices drop their axis as in numpy.
+        Unlike numpy, a slice bound past the end raises [WindowError][voxflow_io.WindowError]
+        instead of being clipped. Integer indices drop their axis as in numpy.
         """
         box, post, squeeze = _parse_index(key, self)
         data = self._read_box(box)

@@ -4,8 +4,8 @@ finish.
 Regions aligned to the chunk grid rewrite whole chunks only, so any number of processes can
 write disjoint regions of one store without locks: no chunk is read, merged and written back.
 A created image carries the "being written" marker (``_state``) until
-:meth:`OmeZarrWriter.finish`, so that a writer killed half-way never leaves a store that
-reads as complete.
+[OmeZarrWriter.finish][voxflow_io.OmeZarrWriter.finish], so that a writer killed half-way never
+leaves a store that reads as complete.
 """
 
 from __future__ import annotations
@@ -48,15 +48,16 @@ class OmeZarrWriter:
     """Write access to one OME-Zarr image that is being written. Picklable: send it to worker
     processes.
 
-    The image stays marked incomplete (``open_volume`` refuses it) until :meth:`finish`, or
-    the end of a ``with`` block that raised nothing. A finished image is not written again.
+    The image stays marked incomplete (``open_volume`` refuses it) until
+    [finish][voxflow_io.OmeZarrWriter.finish], or the end of a ``with`` block that raised
+    nothing. A finished image is not written again.
 
     Shapes:
         ``write_region`` data: ``(*size)`` with the image's dtype and axes order.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        """Open an image created by :func:`create_ome_zarr` (or a plate field) for writing.
+        """Open an image made by [create_ome_zarr][voxflow_io.create_ome_zarr] or a plate field.
 
         Raises:
             FinishedStoreError: the image is finished (or was not created by voxflow-io).
@@ -271,9 +272,10 @@ def create_ome_zarr(
 ) -> OmeZarrWriter:
     """Create an empty OME-Zarr image with all its pyramid levels, atomically.
 
-    The image is marked as being written until :meth:`OmeZarrWriter.finish` (or the end of a
-    ``with`` block on the writer): ``open_volume`` refuses it until then, so that a writer
-    killed half-way never leaves a store whose unwritten chunks read as zeros.
+    The image is marked as being written until
+    [OmeZarrWriter.finish][voxflow_io.OmeZarrWriter.finish] (or the end of a ``with`` block on
+    the writer): ``open_volume`` refuses it until then, so that a writer killed half-way never
+    leaves a store whose unwritten chunks read as zeros.
 
     Args:
         path: Folder to create (conventionally ending in ``.ome.zarr``).
@@ -293,7 +295,7 @@ def create_ome_zarr(
         overwrite: Replace an existing store; without it an existing path is an error.
 
     Returns:
-        An :class:`OmeZarrWriter` for the new image.
+        An [OmeZarrWriter][voxflow_io.OmeZarrWriter] for the new image.
 
     Raises:
         MetadataError: malformed shape, chunks, axes, voxel size, levels or downscale

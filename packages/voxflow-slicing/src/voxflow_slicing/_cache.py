@@ -2,7 +2,7 @@
 
 A write goes to a temporary file beside the target (``.<name>.<random>.tmp``) that the writer
 holds an exclusive ``flock`` on until it has been renamed into place. A process killed
-mid-write leaves its temporary behind, unlocked: :func:`remove_stale_temporaries` deletes
+mid-write leaves its temporary behind, unlocked: ``remove_stale_temporaries`` deletes
 exactly those (it takes each one's lock without waiting), so a temporary that another process
 (another DDP rank building the same cache) is still writing is never touched.
 """

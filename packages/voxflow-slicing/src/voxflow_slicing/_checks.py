@@ -1,8 +1,9 @@
 """Input checks shared by every entry point: integers, finite reals, sizes, array-likes.
 
 Each check names the parameter, says what was expected and what was found, and raises the
-error class its caller passes (a subclass of :class:`SlicingError`). Integral floats (``4.0``)
-pass as integers; anything that would be truncated (``1.5``, NaN, inf) does not.
+error class its caller passes (a subclass of [SlicingError][voxflow_slicing.SlicingError]).
+Integral floats (``4.0``) pass as integers; anything that would be truncated (``1.5``, NaN, inf)
+does not.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def axis_starts(size: int, patch: int, stride: int, small: SmallPolicy = "error"
 
     Returns:
         ``(n,)`` int64, strictly increasing, first 0, last ``size - patch`` (or 0 when the
-        axis is shorter than the patch and ``small="pad"``).
+            axis is shorter than the patch and ``small="pad"``).
     """
     size = as_int(size, "size", error=GridError, minimum=1)
     patch = as_int(patch, "patch", error=GridError, minimum=1)

@@ -16,7 +16,15 @@ ImportanceMode = Literal["constant", "gaussian", "hann"]
 def importance_profiles(
     patch_size: Sequence[int], mode: ImportanceMode = "gaussian", *, sigma_scale: float = 0.125
 ) -> list[np.ndarray]:
-    """Per-axis 1D weight profiles whose outer product is :func:`importance_map` (unscaled).
+    """Per-axis 1D weight profiles of a window's importance map.
+
+    Their outer product is [importance_map][voxflow_slicing.importance_map] (unscaled).
+
+    Args:
+        patch_size: Window size, one positive integer per spatial axis.
+        mode: ``"constant"``, ``"gaussian"`` or ``"hann"``, as in
+            [importance_map][voxflow_slicing.importance_map].
+        sigma_scale: Gaussian sigma as a fraction of the patch size (``mode="gaussian"``).
 
     Returns:
         One ``(p,)`` float64 profile per axis, each with maximum 1.
@@ -49,12 +57,19 @@ def importance_map(
 ) -> np.ndarray:
     """Per-voxel weight of a window's prediction, maximum 1, strictly positive.
 
-    Modes (each a product of per-axis profiles, see :func:`importance_profiles`):
-        ``constant``: all ones (plain averaging, as MONAI's ``mode="constant"``).
-        ``gaussian``: ``exp(-(i - c)^2 / (2 sigma^2))`` per axis with centre
-            ``c = (p - 1) / 2`` and ``sigma = sigma_scale * p`` (nnU-Net's 1/8).
-        ``hann``: ``sin^2(pi (i + 0.5) / p)`` per axis (never zero at the edges, so border
-            voxels covered by a single window keep a weight).
+    Each mode is a product of per-axis profiles (see
+    [importance_profiles][voxflow_slicing.importance_profiles]), for an axis of length ``p``:
+
+    - ``constant``: all ones (plain averaging, as MONAI's ``mode="constant"``).
+    - ``gaussian``: ``exp(-(i - c)^2 / (2 sigma^2))`` with centre ``c = (p - 1) / 2`` and
+      ``sigma = sigma_scale * p`` (nnU-Net's 1/8).
+    - ``hann``: ``sin^2(pi (i + 0.5) / p)`` (never zero at the edges, so border voxels
+      covered by a single window keep a weight).
+
+    Args:
+        patch_size: Window size, one positive integer per spatial axis.
+        mode: ``"constant"``, ``"gaussian"`` or ``"hann"``.
+        sigma_scale: Gaussian sigma as a fraction of the patch size (``mode="gaussian"``).
 
     Returns:
         ``(*patch_size)`` float64.

@@ -44,8 +44,8 @@ class VolumeSource:
         mask: ``(*spatial)`` valid-region array-like at the labels' resolution (or at full
             resolution for unlabeled volumes), or None.
         weight: Sampling weight of each of this volume's windows (finite, >= 0).
-        fingerprint: Content fingerprint of labels and mask (see :func:`fingerprint`);
-            required when the index is cached.
+        fingerprint: Content fingerprint of labels and mask (see
+            [fingerprint][voxflow_slicing.fingerprint]); required when the index is cached.
 
     Raises:
         ScreeningError: On construction, for an empty name, a non-integral or non-positive
@@ -105,16 +105,19 @@ def build_patch_index(
     Args:
         sources: The volumes, each with a unique name.
         patch_size: Window extent per spatial axis.
-        stride, overlap: Window grid, as in :func:`grid_positions`.
+        stride: Step between windows (int or per axis), as in
+            [grid_positions][voxflow_slicing.grid_positions]; default: the patch size.
+        overlap: Alternative to ``stride``: overlap fraction in ``[0, 1)``.
         min_foreground_fraction: Keep labelled windows with at least this foreground.
         min_mask_fraction: Keep windows with at least this fraction inside the mask.
-        small: Policy for axes shorter than the patch (see :func:`grid_positions`).
+        small: Policy for axes shorter than the patch (see
+            [grid_positions][voxflow_slicing.grid_positions]).
         cache_dir: Folder for ``patch-index-<key>.npz``; None builds without caching.
         max_windows: Refuse any volume whose grid has more windows than this (default 50
             million), checked for every volume before anything is screened.
 
     Returns:
-        A :class:`PatchIndex`; volumes appear in ``sources`` order.
+        A [PatchIndex][voxflow_slicing.PatchIndex]; volumes appear in ``sources`` order.
 
     Raises:
         ScreeningError: Duplicate or no names, a shape of the wrong rank, bad thresholds,

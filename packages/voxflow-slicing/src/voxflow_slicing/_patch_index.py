@@ -184,7 +184,7 @@ class PatchIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PatchIndex:
-        """Read an index written by :meth:`save`.
+        """Read an index written by [save][voxflow_slicing.PatchIndex.save].
 
         Raises:
             PatchIndexError: The file is truncated, overwritten, of another format version,

@@ -52,7 +52,9 @@ def block_plan(
         patch_size: Window size.
         block_shape: Output block size; use (multiples of) the output's chunk shape so that
             every block writes whole chunks and concurrent writers never share one.
-        stride, overlap: Window grid, as in ``grid_positions``.
+        stride: Step between windows (int or per axis), as in
+            [grid_positions][voxflow_slicing.grid_positions]; default: the patch size.
+        overlap: Alternative to ``stride``: overlap fraction in ``[0, 1)``.
         max_windows: Refuse plans whose blocks together list more window starts (or that
             have more blocks) than this, before building them (default 50 million).
 
@@ -176,7 +178,7 @@ def iter_rank_blocks(plan: Sequence[Block], *, num_replicas: int, rank: int) -> 
     """This rank's disjoint share of a block plan (round robin).
 
     Args:
-        plan: Blocks from :func:`block_plan`.
+        plan: Blocks from [block_plan][voxflow_slicing.block_plan].
         num_replicas: Number of ranks (world size), an integer >= 1.
         rank: This rank, in ``[0, num_replicas)``.
 

@@ -95,7 +95,8 @@ def plane_coordinates(
 
     Raises:
         PlaneError: A centre that is not three finite numbers, a size that is not two
-            positive integers, or a bad orientation (see :func:`plane_basis`).
+            positive integers, or a bad orientation (see
+            [plane_basis][voxflow_slicing.plane_basis]).
     """
     height, width = as_int_tuple(size, "size", error=PlaneError, length=2, minimum=1)
     c = np.array(as_real_per_axis(centre, 3, "centre", error=PlaneError)).reshape(3, 1, 1)
@@ -127,7 +128,10 @@ def plane_patch(
         volume: ``(*leading, Z, Y, X)`` array-like.
         centre: Plane centre ``(z, y, x)`` in voxels (floats allowed).
         size: ``(H, W)`` patch size in voxels (unit spacing along rows and columns).
-        normal, yaw, tilt: Orientation, see :func:`plane_basis`.
+        normal: Plane normal (any non-zero length, finite) in (z, y, x); exclusive with
+            ``yaw``/``tilt``. See [plane_basis][voxflow_slicing.plane_basis].
+        yaw: Rotation about z, radians (finite).
+        tilt: Rotation of the normal from z towards y, radians (finite).
         order: 1 (linear, images) or 0 (nearest, labels).
         border: ``"error"`` if any sample falls outside the volume, or ``"constant"`` to
             use ``pad_value`` there (scipy's constant mode).
@@ -203,14 +207,18 @@ def axis_plane(
         index: Slice along that axis.
         start: Corner of the patch in the two remaining axes (in order).
         size: ``(H, W)`` over the two remaining axes.
-        border, pad_value: As in :func:`extract_patch`.
+        border: As in [extract_patch][voxflow_slicing.extract_patch]: ``"error"``
+            (the patch must lie inside), ``"constant"`` (pad with ``pad_value``) or
+            ``"reflect"``.
+        pad_value: Fill value for ``"constant"``; must be representable in the
+            volume's dtype.
 
     Returns:
         ``(*leading, H, W)`` of the volume's dtype.
 
     Raises:
         PlaneError: Axis not 0, 1 or 2, non-integral index, start or size.
-        BorderError: As in :func:`extract_patch`.
+        BorderError: As in [extract_patch][voxflow_slicing.extract_patch].
     """
     axis = as_int(axis, "axis", error=PlaneError)
     if axis not in (0, 1, 2):

@@ -5,9 +5,9 @@ epoch))``, pads it to a multiple of ``num_replicas`` by repeating it from its st
 PyTorch's ``DistributedSampler`` does, however many times that takes), and gives rank ``r``
 the elements ``r, r + num_replicas, ...``: every rank yields exactly ``len(sampler)`` draws,
 which DDP needs to keep collective calls in step, even with more ranks than windows. Every
-sampler yields :class:`PatchDraw` records. They are plain iterables with ``__len__`` and
-``set_epoch``, so a PyTorch ``DataLoader`` takes them as its ``sampler`` without
-voxflow-slicing importing torch.
+sampler yields [PatchDraw][voxflow_slicing.PatchDraw] records. They are plain iterables with
+``__len__`` and ``set_epoch``, so a PyTorch ``DataLoader`` takes them as its ``sampler``
+without voxflow-slicing importing torch.
 """
 
 from __future__ import annotations
@@ -111,6 +111,12 @@ class _ShardedSampler(_Seeded, ABC):
         return math.ceil(self._global_length() / self.num_replicas)
 
     def __iter__(self) -> Iterator[PatchDraw]:
+        """This rank's draws for the current epoch, ``len(self)`` of them.
+
+        Yields:
+            One record per position of ``shard()``, in that order (``foreground_centred``
+                False).
+        """
         volumes, ids, positions = self.index.volumes, self.index.volume_ids, self.index.positions
         for i in self.shard():
             yield PatchDraw(volumes[ids[i]], positions[i].copy(), False)
@@ -119,16 +125,16 @@ class _ShardedSampler(_Seeded, ABC):
 class UniformSampler(_ShardedSampler):
     """Every window of the index once per epoch, in a seeded random order (or in order).
 
+    Iterating yields this rank's [PatchDraw][voxflow_slicing.PatchDraw] records
+    (``foreground_centred`` False); ``shard()`` gives the same draws as positions into the
+    index.
+
     Args:
         index: The patch index (at least one window).
         seed: Integer >= 0; with the epoch it fixes the order.
         shuffle: Random order (True) or index order.
         num_replicas: DDP world size.
         rank: This process's rank in ``[0, num_replicas)``.
-
-    Yields:
-        :class:`PatchDraw` records (``foreground_centred`` False); :meth:`shard` gives the
-        same draws as positions into the index.
     """
 
     def __init__(
@@ -163,6 +169,10 @@ class WeightedSampler(_ShardedSampler):
     With ``balance_volumes=True`` each volume's windows share that volume's weight, so every
     volume is drawn as often as its weight says, however many windows it has.
 
+    Iterating yields this rank's [PatchDraw][voxflow_slicing.PatchDraw] records
+    (``foreground_centred`` False); ``shard()`` gives the same draws as positions into the
+    index.
+
     Args:
         index: The patch index (weights not all zero).
         num_samples: Global draws per epoch (split across ranks), an integer >= 1.
@@ -170,10 +180,6 @@ class WeightedSampler(_ShardedSampler):
         balance_volumes: Divide each volume's weight among its windows.
         num_replicas: DDP world size.
         rank: This process's rank in ``[0, num_replicas)``.
-
-    Yields:
-        :class:`PatchDraw` records (``foreground_centred`` False); :meth:`shard` gives the
-        same draws as positions into the index.
     """
 
     def __init__(
@@ -222,7 +228,7 @@ class ForegroundOversampler(_Seeded):
         index: The patch index (its patch size, volumes and their shapes).
         locations: Per volume name, per class, ``(K, D)`` integer voxel coordinates of that
             class (full resolution, inside the volume's shape), e.g. from
-            :func:`sample_locations`.
+            [sample_locations][voxflow_slicing.sample_locations].
         batch_size: Per-rank batch size.
         batches_per_epoch: Global batches per epoch (split across ranks).
         foreground_fraction: Share of each batch centred on foreground, in [0, 1].
@@ -312,6 +318,12 @@ class ForegroundOversampler(_Seeded):
         return batch
 
     def __iter__(self) -> Iterator[PatchDraw]:
+        """This rank's draws for the current epoch, ``len(self)`` of them.
+
+        Yields:
+            The draws of ``batches()``, batch after batch (random windows first, then the
+                foreground-centred ones).
+        """
         for batch in self.batches():
             yield from batch
 

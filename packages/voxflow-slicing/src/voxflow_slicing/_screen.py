@@ -95,7 +95,7 @@ def screen_patches(
             reading anything; the message says how many windows and how much memory.
 
     Returns:
-        A :class:`PatchScreen` over every window of the grid.
+        A [PatchScreen][voxflow_slicing.PatchScreen] over every window of the grid.
 
     Raises:
         ScreeningError: Labels, mask, shape or thresholds are inconsistent.

@@ -48,11 +48,12 @@ def predict_block(
 
     Args:
         source: ``(*leading, *spatial)`` input array-like; only ``block.input_region`` is read.
-        block: From :func:`block_plan`.
+        block: From [block_plan][voxflow_slicing.block_plan].
         predict: Maps a batch ``(B, *leading, *patch_size)`` to ``(B, *out, *patch_size)``
             (any float dtype); called with at most ``batch_size`` windows.
         patch_size: Window size.
-        profiles: Per-axis weight profiles from :func:`importance_profiles`.
+        profiles: Per-axis weight profiles from
+            [importance_profiles][voxflow_slicing.importance_profiles].
         batch_size: Windows per ``predict`` call.
 
     Returns:
@@ -253,19 +254,22 @@ def sliding_window_predict(
 
     Args:
         source: ``(*leading, *spatial)`` input array-like.
-        predict: See :func:`predict_block`.
+        predict: See [predict_block][voxflow_slicing.predict_block].
         patch_size: Window size over the spatial axes.
         output: Writable array-like ``(*out, *spatial)`` (numpy, zarr) of a floating dtype;
             None returns a new float32 numpy array (then ``block_shape`` defaults to the
             whole volume).
         overlap: Window overlap fraction per axis.
-        mode, sigma_scale: Importance weighting, see :func:`importance_map`.
+        mode: Importance weighting of each window's prediction, ``"gaussian"``,
+            ``"hann"`` or ``"constant"``; see
+            [importance_map][voxflow_slicing.importance_map].
+        sigma_scale: Gaussian sigma as a fraction of the patch size (``mode="gaussian"``).
         block_shape: Output block size (default: the output's chunks, else the volume).
         batch_size: Windows per ``predict`` call.
         blocks: A subset of the plan to run (e.g. this rank's share from
-            :func:`iter_rank_blocks`), written into ``output``, which is then required;
-            default: the whole plan.
-        max_windows: Limit on the plan's size, see :func:`block_plan`.
+            [iter_rank_blocks][voxflow_slicing.iter_rank_blocks]), written into ``output``,
+            which is then required; default: the whole plan.
+        max_windows: Limit on the plan's size, see [block_plan][voxflow_slicing.block_plan].
 
     Returns:
         ``output`` (or the new ``(*out, *spatial)`` float32 array).

@@ -33,7 +33,11 @@ class RandElastic(SpatialTransform):
         sigma: ``(low, high)`` smoothness in voxels, drawn per sample (> 0).
         magnitude: ``(low, high)`` RMS displacement in voxels, drawn per sample (>= 0).
         spacing: control-point spacing in voxels (>= 1); default ``max(1, low sigma / 2)``.
-        modes, padding_mode, batched, seed: see ``SpatialTransform``.
+        modes: interpolation per key, ``"linear"`` or ``"nearest"``; a key not listed uses
+            ``"linear"`` when floating (images) and ``"nearest"`` otherwise (labels, masks).
+        padding_mode: value outside the input: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``field`` ``(B, D, *control)`` float32 displacements in voxels (zero where not
     applied), (z, y, x) order.
@@ -147,8 +151,13 @@ class CenterCrop(SpatialTransform):
     Args:
         size: the crop's spatial size, one positive int per spatial axis.
         keys: the keys cropped together; ``None``: every tensor of the batch.
-        modes, padding_mode, batched, seed: see ``SpatialTransform`` (they matter where the
-            crop is fused with a transform that interpolates).
+        modes: interpolation per key, ``"linear"`` or ``"nearest"``; a key not listed uses
+            ``"linear"`` when floating (images) and ``"nearest"`` otherwise (labels, masks).
+            A crop does not interpolate: modes matter where it is fused with a transform
+            that does.
+        padding_mode: value outside the input: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``offset`` ``(B, D)`` int64, first input voxel of the crop.
     """
@@ -220,7 +229,7 @@ class RandCrop(CenterCrop):
     Used last in a pipeline so that rotations work on a larger patch and the crop removes the
     borders they invalidate; fused with them, only the cropped voxels are ever interpolated.
 
-    Args: as ``CenterCrop``.
+    Its arguments are those of [CenterCrop][voxflow_transforms.CenterCrop].
     """
 
     def draw_params(

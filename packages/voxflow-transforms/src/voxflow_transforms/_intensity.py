@@ -111,8 +111,11 @@ class RandGaussianNoise(IntensityTransform):
     the same device adds the same noise.
 
     Args:
-        keys, prob, batched, seed: see ``IntensityTransform``.
+        keys: the floating image keys transformed (labels must not be listed).
+        prob: probability that a sample is transformed.
         std: ``(low, high)`` standard deviation (>= 0), or one fixed value.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``std`` ``(B,)``, ``seed`` ``(B,)`` int64.
     """
@@ -159,8 +162,11 @@ class RandGaussianBlur(IntensityTransform):
     """Separable Gaussian blur with ``sigma`` voxels (drawn per sample), mirror borders.
 
     Args:
-        keys, prob, batched, seed: see ``IntensityTransform``.
+        keys: the floating image keys transformed (labels must not be listed).
+        prob: probability that a sample is transformed.
         sigma: ``(low, high)`` voxels (>= 0), or one fixed value.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``sigma`` ``(B,)`` (0 where not applied: the identity).
     """
@@ -188,9 +194,12 @@ class RandBrightness(IntensityTransform):
     """``x * multiplier + offset`` with both drawn per sample.
 
     Args:
-        keys, prob, batched, seed: see ``IntensityTransform``.
+        keys: the floating image keys transformed (labels must not be listed).
+        prob: probability that a sample is transformed.
         multiplier: ``(low, high)`` factor, or one fixed value.
         offset: ``(low, high)`` added value, or one fixed value.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``multiplier`` ``(B,)`` (1 where not applied), ``offset`` ``(B,)`` (0 there).
     """
@@ -236,9 +245,12 @@ class RandContrast(IntensityTransform):
     """``(x - mean) * factor + mean`` per sample and channel, with ``factor`` drawn per sample.
 
     Args:
-        keys, prob, batched, seed: see ``IntensityTransform``.
+        keys: the floating image keys transformed (labels must not be listed).
+        prob: probability that a sample is transformed.
         factor: ``(low, high)`` contrast factor (>= 0), or one fixed value.
         preserve_range: clip the result to the channel's original [min, max].
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``factor`` ``(B,)`` (1 where not applied).
 
@@ -281,10 +293,13 @@ class RandGamma(IntensityTransform):
     With ``retain_stats`` the channel's mean and standard deviation are restored.
 
     Args:
-        keys, prob, batched, seed: see ``IntensityTransform``.
+        keys: the floating image keys transformed (labels must not be listed).
+        prob: probability that a sample is transformed.
         gamma: ``(low, high)`` exponent (> 0), or one fixed value.
         invert_image: negate the image before and after (nnU-Net's name).
         retain_stats: restore each channel's mean and standard deviation.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``gamma`` ``(B,)`` (1 where not applied).
 
@@ -348,8 +363,11 @@ class RandLowResolution(IntensityTransform):
     (tri)linear. Samples differ in their zoom, so they are resampled one at a time.
 
     Args:
-        keys, prob, batched, seed: see ``IntensityTransform``.
+        keys: the floating image keys transformed (labels must not be listed).
+        prob: probability that a sample is transformed.
         zoom: ``(low, high)`` in (0, 1], or one fixed value.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``zoom`` ``(B,)`` in (0, 1] (1 where not applied).
     """

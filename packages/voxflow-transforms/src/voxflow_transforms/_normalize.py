@@ -95,8 +95,10 @@ class ZScoreNormalize(_Normalize):
 
     Args:
         keys: the floating image keys normalised.
-        mean, std: per-channel statistics (a number or one per channel, finite, ``std > 0``);
-            ``None`` (both) computes them per sample and channel.
+        mean: per-channel means (a number or one per channel, finite); ``None`` (with
+            ``std``) computes them per sample and channel.
+        std: per-channel standard deviations (a number or one per channel, finite,
+            ``> 0``); ``None`` (with ``mean``) computes them per sample and channel.
         eps: added to the standard deviation (finite, >= 0).
         batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
 
@@ -158,7 +160,8 @@ class WindowNormalize(_Normalize):
     The bounds are non-persistent buffers: ``.to(device)`` moves them.
 
     Args:
-        low, high: window bounds, a finite number or one per channel, ``high > low``.
+        low: lower window bound, a finite number or one per channel.
+        high: upper window bound, a finite number or one per channel, ``high > low``.
         keys: the floating image keys normalised.
         batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
     """
@@ -207,7 +210,8 @@ class PercentileNormalize(_Normalize):
 
     Args:
         keys: the floating image keys normalised.
-        lower, upper: percentiles, ``0 <= lower < upper <= 100``.
+        lower: percentile mapped to 0, ``0 <= lower < upper``.
+        upper: percentile mapped to 1, ``lower < upper <= 100``.
         batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
 
     Raises:

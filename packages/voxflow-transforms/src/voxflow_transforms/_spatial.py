@@ -98,8 +98,13 @@ class RandFlip(SpatialTransform):
         prob: probability that an axis of a sample is flipped.
         axes: spatial axes (0 = first spatial axis; negative counts from the end); ``None``
             means all of them.
-        modes, padding_mode, batched, seed: see ``SpatialTransform`` (a flip does not
-            interpolate; modes matter where it is fused with a transform that does).
+        modes: interpolation per key, ``"linear"`` or ``"nearest"``; a key not listed uses
+            ``"linear"`` when floating (images) and ``"nearest"`` otherwise (labels, masks).
+            A flip does not interpolate: modes matter where it is fused with a transform
+            that does.
+        padding_mode: value outside the input: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``flip`` ``(B, D)`` bool per spatial axis.
     """
@@ -172,7 +177,11 @@ class RandRot90(SpatialTransform):
         keys: the keys rotated together; ``None``: every tensor of the batch.
         prob: probability that a sample is rotated.
         axes: the plane as two spatial axes; default ``(-2, -1)`` (Y, X).
-        modes, padding_mode, batched, seed: see ``SpatialTransform``.
+        modes: interpolation per key, ``"linear"`` or ``"nearest"``; a key not listed uses
+            ``"linear"`` when floating (images) and ``"nearest"`` otherwise (labels, masks).
+        padding_mode: value outside the input: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``k`` ``(B,)`` int64 in {0, 1, 2, 3} (0 where not applied).
     """
@@ -294,7 +303,11 @@ class RandAffine(SpatialTransform):
         anisotropic_scale: draw one factor per axis instead of one for all axes.
         shear: ``(low, high)`` range of every off-diagonal shear coefficient.
         translate: ``(low, high)`` voxels, per axis.
-        modes, padding_mode, batched, seed: see ``SpatialTransform``.
+        modes: interpolation per key, ``"linear"`` or ``"nearest"``; a key not listed uses
+            ``"linear"`` when floating (images) and ``"nearest"`` otherwise (labels, masks).
+        padding_mode: value outside the input: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        batched: ``False`` for single-sample dictionaries ``(C, *spatial)``.
+        seed: seed of the transform's own generator.
 
     Params: ``matrix`` ``(B, D+1, D+1)`` float64 (the identity where not applied).
     """

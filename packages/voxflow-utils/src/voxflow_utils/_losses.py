@@ -160,7 +160,7 @@ class NTXentHCLLoss(nn.Module):
 
 
 class NTXentLoss(NTXentHCLLoss):
-    """NT-Xent (SimCLR): :class:`NTXentHCLLoss` with ``beta = 0``.
+    """NT-Xent (SimCLR): [NTXentHCLLoss][voxflow_utils.NTXentHCLLoss] with ``beta = 0``.
 
     Args:
         temperature: divides the similarities (finite, > 0).
