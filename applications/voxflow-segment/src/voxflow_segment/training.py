@@ -163,7 +163,8 @@ def build_trainer(
         default_root_dir=run_dir,
         logger=loggers or False,
         # tqdm rather than rich: rich prints "Epoch 3/-2" when only max_steps bounds the run.
-        callbacks=[checkpoints, FinalCheckpoint(), TQDMProgressBar(), *callbacks]
+        callbacks=[checkpoints, FinalCheckpoint(), *callbacks]
+        + ([TQDMProgressBar()] if enable_progress_bar else [])
         + ([LearningRateMonitor("step")] if loggers else []),
         use_distributed_sampler=False,
         enable_progress_bar=enable_progress_bar,
