@@ -29,8 +29,9 @@ def _tif(path: Path, array: np.ndarray, axes: str = "ZYX", **kwargs: Any) -> str
 
 
 def _no_checkpoint(data: dict[str, Any]) -> None:
-    """Nothing that looks like a trained run was left behind."""
+    """Nothing that looks like a run was left behind: a retry into the same run_dir works."""
     assert not (Path(data["run_dir"]) / "checkpoints").exists()
+    assert not (Path(data["run_dir"]) / "run.yaml").exists()
 
 
 # --------------------------------------------------------------------------- config
@@ -90,6 +91,20 @@ def test_schedule_without_length_fails_before_training(base_config: dict) -> Non
     base_config["trainer"] = {"accelerator": "cpu", "max_time": "00:00:01:00"}
     with pytest.raises(
         ConfigError, match=r"optim\.total_steps: the learning-rate schedule needs a length"
+    ):
+        _train(base_config)
+    _no_checkpoint(base_config)
+
+
+def test_logger_that_is_not_installed(base_config: dict) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("mlflow is installed here")
+    base_config["logging"]["loggers"] = ["csv", "mlflow"]
+    with pytest.raises(
+        ConfigError,
+        match=r"logging\.loggers: 'mlflow' needs the mlflow package, which is not installed",
     ):
         _train(base_config)
     _no_checkpoint(base_config)

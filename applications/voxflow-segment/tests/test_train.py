@@ -89,6 +89,26 @@ def test_same_config_gives_the_same_weights(config_factory: Callable, tmp_path: 
     assert _weights(tmp_path / "c") != digests[0]
 
 
+def test_resume_from_a_mid_epoch_checkpoint(config_factory: Callable, tmp_path: Path) -> None:
+    """A run stopped at step 4 of 3-batch epochs (Lightning then counts the restart as a new
+    epoch) continues with the batch an uninterrupted run trains at step 4."""
+
+    def run(name: str, steps: int, resume: bool = False) -> None:
+        data = config_factory(tmp_path / name)
+        data["sampler"]["batches_per_epoch"] = 3
+        data["trainer"]["max_steps"] = steps
+        data["optim"] = {"total_steps": 8}  # the same schedule whatever max_steps says
+        data["logging"]["record_patches"] = True
+        train(RunConfig.model_validate(data), progress=False, resume=resume)
+
+    run("straight", 8)
+    run("stopped", 4)
+    run("stopped", 8, resume=True)
+    assert _records(tmp_path / "stopped") == _records(tmp_path / "straight")
+    assert sorted(_records(tmp_path / "straight")) == list(range(8))
+    assert _weights(tmp_path / "stopped") == _weights(tmp_path / "straight")
+
+
 @pytest.mark.slow
 def test_resumed_run_sees_the_patches_of_an_uninterrupted_run(
     config_factory: Callable, write_config: Callable, run_cli: Callable, tmp_path: Path

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -516,37 +516,44 @@ def _tilted_normal(
     return (normal[0], normal[1], normal[2])
 
 
-class _EpochClock:
-    """What Lightning calls ``set_epoch`` on (it looks at ``batch_sampler.sampler``)."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-
 class ResumableBatchSampler:
-    """Yields this rank's batches of the current epoch, skipping those already trained.
+    """Yields this rank's stream of batches from the number of batches already trained.
 
-    ``skip`` applies to the first epoch iterated after construction: a run resumed after
-    ``n`` batches of epoch ``e`` continues with batch ``n`` of epoch ``e``.
+    The stream is a pure function of the global batch number ``g`` (sampler epoch
+    ``g // batches_per_epoch``, position ``g % batches_per_epoch``), so what a step trains on
+    never depends on Lightning's epoch bookkeeping: every ``iter()`` (Lightning makes one per
+    epoch) starts at ``position()``, the batches trained so far (``global_step`` times the
+    gradient accumulation), which a resumed run restores from its checkpoint. Without a
+    ``position`` callable the sampler counts the batches it yielded itself.
     """
 
-    def __init__(self, stream: PatchStream, *, skip: int = 0) -> None:
+    def __init__(self, stream: PatchStream, *, position: Callable[[], int] | None = None) -> None:
         self.stream = stream
-        self.sampler = _EpochClock()
-        self.skip = int(skip)
+        self.position = position
+        self._yielded = 0
+        self._cache: tuple[int, list[list[PatchRef]]] | None = None
 
     def __len__(self) -> int:
         return self.stream.config.sampler.batches_per_epoch
 
+    def _epoch(self, epoch: int) -> list[list[PatchRef]]:
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, self.stream.epoch(epoch))
+        return self._cache[1]
+
     def __iter__(self) -> Iterator[list[PatchRef]]:
-        batches = self.stream.epoch(self.sampler.epoch)
-        skip, self.skip = self.skip, 0
-        if skip:
-            logger.info("resuming epoch %d at batch %d", self.sampler.epoch, skip)
-        return iter(batches[skip:])
+        start = self._yielded if self.position is None else int(self.position())
+        per_epoch = len(self)
+        if start and start % per_epoch:
+            logger.info(
+                "continuing at batch %d (epoch %d, batch %d of the stream)",
+                start,
+                start // per_epoch,
+                start % per_epoch,
+            )
+        for number in range(start, start + per_epoch):
+            self._yielded = number + 1
+            yield self._epoch(number // per_epoch)[number % per_epoch]
 
 
 # --------------------------------------------------------------------------- reading
@@ -658,17 +665,17 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
-        rank, replicas, skip = 0, 1, 0
+        rank, replicas = 0, 1
+        position: Callable[[], int] | None = None
         trainer = self.trainer
         if trainer is not None:
             rank, replicas = trainer.global_rank, trainer.world_size
-            done = trainer.global_step * trainer.accumulate_grad_batches
-            skip = done % self.config.sampler.batches_per_epoch
+
+            def position() -> int:
+                return trainer.global_step * trainer.accumulate_grad_batches
+
         stream = PatchStream(self._require(), rank=rank, num_replicas=replicas)
-        sampler = ResumableBatchSampler(stream, skip=skip)
-        if trainer is not None:
-            sampler.sampler.set_epoch(trainer.current_epoch)
-        return self._loader(sampler)
+        return self._loader(ResumableBatchSampler(stream, position=position))
 
     def val_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:
         data = self._require()

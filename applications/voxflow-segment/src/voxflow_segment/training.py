@@ -9,6 +9,7 @@ checkpoints, written atomically), ``logs/`` (TensorBoard and CSV), ``previews/``
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ from typing import Any
 import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+from voxflow_utils import ConfigError
 
 from .atomic import write_atomic
 from .config import RunConfig, dump_config
@@ -76,8 +79,8 @@ def _is_rank_zero() -> bool:
     return True
 
 
-def prepare_run_dir(config: RunConfig, *, resume: bool) -> Path | None:
-    """Check the run directory (fresh or resumable) and write ``run.yaml`` and ``README``.
+def check_run_dir(config: RunConfig, *, resume: bool) -> Path | None:
+    """Check that the run directory can take this run (fresh, or resumable); writes nothing.
 
     Returns:
         The checkpoint to resume from, or None for a fresh run.
@@ -111,9 +114,19 @@ def prepare_run_dir(config: RunConfig, *, resume: bool) -> Path | None:
             f"{run_dir}: already holds a run; continue it with --resume, or choose another "
             f"run_dir (e.g. run_dir={run_dir}-2)"
         )
+    return last if resume else None
+
+
+def write_run_files(config: RunConfig) -> None:
+    """``run.yaml`` (the resolved config) and ``README`` (how the run was made), on rank 0.
+
+    Written only once every check before training passed, so a run that failed its setup
+    leaves no ``run.yaml`` that would make the run directory look taken.
+    """
+    run_dir = Path(config.run_dir)
     if _is_rank_zero():
         write_atomic(
-            stored,
+            run_dir / RUN_FILE,
             "# voxflow-segment run configuration (resolved: every default written out)\n"
             + yaml.safe_dump(dump_config(config), sort_keys=False),
         )
@@ -122,7 +135,6 @@ def prepare_run_dir(config: RunConfig, *, resume: bool) -> Path | None:
             run_dir / "README",
             f"voxflow-segment run, started {time.strftime('%Y-%m-%d %H:%M:%S')} by: {command}\n",
         )
-    return last if resume else None
 
 
 def _differences(before: Any, after: Any, prefix: str = "") -> list[str]:
@@ -175,6 +187,12 @@ def build_trainer(
 def _logger(name: str, run_dir: Path) -> Any:
     from lightning.pytorch import loggers
 
+    package = {"mlflow": "mlflow", "wandb": "wandb"}.get(name)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"logging.loggers: {name!r} needs the {package} package, which is not installed "
+            f"(pip install {package}); installed choices always include 'tensorboard' and 'csv'"
+        )
     logs = run_dir / "logs"
     if name == "tensorboard":
         return loggers.TensorBoardLogger(save_dir=logs, name="tensorboard")
@@ -252,11 +270,12 @@ def train(
     say = report if report is not None else logger.info
     started = time.perf_counter()
     config.total_steps()  # the schedule needs a length: refuse now, not at the first step
-    ckpt_path = prepare_run_dir(config, resume=resume)
+    ckpt_path = check_run_dir(config, resume=resume)
     seed_everything(config.seed, workers=True, verbose=False)
     data = build_data(config, progress=progress and _is_rank_zero())
     module = SegmentationModule(config.model_dump(mode="json"), data.in_channels)
     trainer = build_trainer(config, progress=progress, callbacks=callbacks)
+    write_run_files(config)
     if trainer.is_global_zero:
         say(start_summary(config, data, module, trainer, resumed_from=ckpt_path))
     datamodule = SegmentationDataModule(config, data)

@@ -14,7 +14,6 @@ import math
 import re
 import stat
 import struct
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from ._errors import CorruptVolumeError, MetadataError, UnsupportedFormatError
 from ._files import file_kind, open_regular_file
 from ._threads import run_all
 from ._tiff import TIFF_SUFFIXES
+from ._tiff_pages import TIFF_ERRORS
 from ._validate import DEFAULT_MAX_DECODED_BYTES, check_decoded_size
 from ._volume import Reader, VolumeInfo
 
@@ -146,18 +146,7 @@ def open_slices(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeI
 
 
 # What tifffile, imagecodecs and the file system raise on slices they cannot read.
-_SLICE_ERRORS = (
-    tifffile.TiffFileError,
-    imagecodecs.PngError,
-    ValueError,
-    RuntimeError,
-    OSError,
-    EOFError,
-    KeyError,
-    IndexError,
-    struct.error,
-    zlib.error,
-)
+_SLICE_ERRORS = (*TIFF_ERRORS, imagecodecs.PngError)
 
 
 def _header(file: Path, max_decoded_bytes: int) -> tuple[tuple[int, ...], np.dtype]:

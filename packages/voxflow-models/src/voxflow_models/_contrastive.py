@@ -9,7 +9,7 @@ from monai.networks import nets
 from torch import nn
 
 from ._errors import InputShapeError, ModelConfigError
-from ._inputs import InputSpec, positive_int, spatial_dims_of
+from ._inputs import InputSpec, check_float_batch, positive_int, spatial_dims_of
 from ._registry import register_model
 
 _RESNETS = {10: nets.resnet10, 18: nets.resnet18, 34: nets.resnet34, 50: nets.resnet50}
@@ -57,17 +57,8 @@ class ContrastiveEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.input_spec is not None:
             self.input_spec.check(image)
-        elif not (
-            isinstance(image, torch.Tensor) and image.ndim >= 3 and image.is_floating_point()
-        ):
-            found = (
-                f"shape {tuple(image.shape)}, dtype {image.dtype}"
-                if isinstance(image, torch.Tensor)
-                else type(image).__name__
-            )
-            raise InputShapeError(
-                f"ContrastiveEncoder expects a float (B, C, *spatial) tensor; found {found}"
-            )
+        else:
+            check_float_batch("ContrastiveEncoder", image)
         if self.training and image.shape[0] < 2:
             name = self.input_spec.model if self.input_spec is not None else "ContrastiveEncoder"
             raise InputShapeError(

@@ -165,3 +165,20 @@ def add_input_check(module: nn.Module, spec: InputSpec) -> None:
     """Check every input of ``module`` against ``spec`` before its forward runs (a forward
     pre-hook: the module's class, parameters and state-dict keys stay as they are)."""
     module.register_forward_pre_hook(_InputCheck(spec), with_kwargs=True)
+
+
+def check_float_batch(model: str, image: Any) -> None:
+    """Refuse anything but a floating ``(B, C, *spatial)`` tensor (models without a fixed
+    input spec).
+
+    Raises:
+        InputShapeError: naming ``model`` and what was found.
+    """
+    if isinstance(image, torch.Tensor) and image.ndim >= 3 and image.is_floating_point():
+        return
+    found = (
+        f"shape {tuple(image.shape)}, dtype {image.dtype}"
+        if isinstance(image, torch.Tensor)
+        else type(image).__name__
+    )
+    raise InputShapeError(f"{model} expects a float (B, C, *spatial) tensor; found {found}")

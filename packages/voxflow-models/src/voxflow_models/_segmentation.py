@@ -9,8 +9,8 @@ import torch
 from monai.networks import nets
 from torch import nn
 
-from ._errors import InputShapeError, ModelConfigError
-from ._inputs import InputSpec, positive_int, stride_product
+from ._errors import ModelConfigError
+from ._inputs import InputSpec, check_float_batch, positive_int, stride_product
 from ._registry import build_model, input_spec_of, register_model
 
 
@@ -106,17 +106,8 @@ class MultiHeadSegmenter(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
         if self.input_spec is not None:
             self.input_spec.check(image)
-        elif not (
-            isinstance(image, torch.Tensor) and image.ndim >= 3 and image.is_floating_point()
-        ):
-            found = (
-                f"shape {tuple(image.shape)}, dtype {image.dtype}"
-                if isinstance(image, torch.Tensor)
-                else type(image).__name__
-            )
-            raise InputShapeError(
-                f"MultiHeadSegmenter expects a float (B, C, *spatial) tensor; found {found}"
-            )
+        else:
+            check_float_batch("MultiHeadSegmenter", image)
         output = self.network(image)
         sizes = list(self.heads.values())
         if self.deep_supervision and self.training:
