@@ -59,11 +59,14 @@ class Normalizer:
             self.std = np.ones(channels, np.float32)
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
-        out = window.astype(np.float32, copy=True)
-        shape = (-1,) + (1,) * (out.ndim - 1)
+        shape = (-1,) + (1,) * (window.ndim - 1)
+        out = np.empty(window.shape, np.float32)
         if self.low is not None and self.high is not None:
+            np.copyto(out, window, casting="unsafe")
             np.clip(out, self.low.reshape(shape), self.high.reshape(shape), out=out)
-        out -= self.mean.reshape(shape)
+            out -= self.mean.reshape(shape)
+        else:  # conversion and centring in one pass over the window
+            np.subtract(window, self.mean.reshape(shape), out=out, casting="unsafe")
         out /= self.std.reshape(shape)
         return out
 
