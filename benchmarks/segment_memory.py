@@ -4,11 +4,13 @@ for all processes with 2 loader workers; predict < 1.5 GiB), beside the volume's
 Writes a 512 x 1024 x 1024 float32 OME-Zarr image (2 GiB) and uint8 labels block by block
 (never whole in RAM), then runs the real command lines in subprocesses and samples the
 proportional set size (PSS: pages shared by forked workers count once) of the process tree
-every 20 ms:
+every 250 ms:
 
 * ``voxflow-segment train``: 128^3 patches, batch 2, 2 workers, 20 steps of a small DynUNet;
 * ``voxflow-segment predict``: the checkpoint over the whole 2 GiB image (no overlap, to keep
-  the run short; overlap changes the work, not the memory of a block).
+  the run short; overlap changes the work, not the memory of a block), once per
+  ``--predict-batch`` value (windows per forward pass: the network's activations, not the
+  volume, set the peak).
 
 Run: ``uv run --group bench python benchmarks/segment_memory.py [--shape 512 1024 1024]``.
 """
@@ -63,6 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 1024, 1024])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--predict-batch",
+        type=int,
+        nargs="+",
+        default=[4, 1],
+        help="windows per forward pass; the network's activations grow with it",
+    )
     args = parser.parse_args()
     shape = tuple(args.shape)
     cli = [sys.executable, "-m", "voxflow_segment.cli"]
@@ -101,31 +110,36 @@ def main() -> None:
         path.write_text(yaml.safe_dump(config))
         train_s, train_peak = run([*cli, "train", "--config", str(path), "--no-progress"])
         checkpoint = root / "run" / "checkpoints" / "last.ckpt"
-        predict_s, predict_peak = run(
-            [
-                *cli,
-                "predict",
-                "--checkpoint",
-                str(checkpoint),
-                "--input",
-                str(image),
-                "--output",
-                str(root / "pred.ome.zarr"),
-                "--overlap",
-                "0",
-                "--no-progress",
-                "--device",
-                "cpu",
-            ]
-        )
+        predictions = []
+        for batch in args.predict_batch:
+            seconds, peak = run(
+                [
+                    *cli,
+                    "predict",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--input",
+                    str(image),
+                    "--output",
+                    str(root / f"pred-{batch}.ome.zarr"),
+                    "--overlap",
+                    "0",
+                    "--batch-size",
+                    str(batch),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            predictions.append((batch, seconds, peak))
     print(f"\n{'command':44} {'seconds':>8} {'peak PSS':>9} {'goal':>8}")
     print(
         f"{'train (' + str(args.steps) + ' steps, 2 workers)':44} {train_s:8.0f} "
         f"{train_peak / 2**30:8.2f}G {'< 3G':>8}"
     )
-    print(
-        f"{'predict (whole volume)':44} {predict_s:8.0f} {predict_peak / 2**30:8.2f}G {'< 1.5G':>8}"
-    )
+    for batch, seconds, peak in predictions:
+        name = f"predict (whole volume, --batch-size {batch})"
+        print(f"{name:44} {seconds:8.0f} {peak / 2**30:8.2f}G {'< 1.5G':>8}")
 
 
 if __name__ == "__main__":

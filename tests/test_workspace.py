@@ -101,3 +101,60 @@ def test_flat_public_api(member: Path) -> None:
         and n.name not in ("__getattr__", "__dir__")
     ]
     assert not defined
+
+
+BASE_ERRORS = {
+    "voxflow-io": "VoxflowIOError",
+    "voxflow-slicing": "SlicingError",
+    "voxflow-transforms": "TransformError",
+    "voxflow-models": "ModelError",
+    "voxflow-utils": "VoxflowUtilsError",
+}
+LIBRARY_SOURCES = [
+    source for library in LIBRARIES for source in sorted((library / "src").rglob("*.py"))
+]
+
+
+@pytest.mark.parametrize(
+    "source", LIBRARY_SOURCES, ids=lambda p: str(p.relative_to(ROOT / "packages"))
+)
+def test_library_raises_its_own_errors_and_never_asserts(source: Path) -> None:
+    """Every ``raise`` of a library raises a class deriving from its base error (a module's
+    ``__getattr__`` raises AttributeError, as PEP 562 asks); no ``assert`` checks inputs (asserts
+    vanish under ``python -O``); no bare or broad ``except``."""
+    import builtins
+    import importlib
+
+    library = source.relative_to(ROOT / "packages").parts[0]
+    parts = source.relative_to(ROOT / "packages" / library / "src").with_suffix("").parts
+    module = importlib.import_module(".".join(p for p in parts if p != "__init__"))
+    base = getattr(importlib.import_module(parts[0]), BASE_ERRORS[library])
+    tree = ast.parse(source.read_text())
+    getattr_lines = {
+        line
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+        for line in range(node.lineno, (node.end_lineno or node.lineno) + 1)
+    }
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Raise) or node.exc is None:
+            continue
+        target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+        if not isinstance(target, ast.Name):
+            continue  # a raised variable or attribute: an error built elsewhere
+        raised = getattr(module, target.id, getattr(builtins, target.id, None))
+        if not isinstance(raised, type):
+            continue  # a factory (a function returning an error) or a caught instance
+        if raised is AttributeError and node.lineno in getattr_lines:
+            continue
+        where = f"{source.relative_to(ROOT)}:{node.lineno}"
+        assert issubclass(raised, base), f"{where} raises {target.id}, not a {base.__name__}"
+    asserts = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Assert)]
+    assert not asserts, f"{source.relative_to(ROOT)}: assert used at lines {asserts}"
+    broad = [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ExceptHandler)
+        and (n.type is None or (isinstance(n.type, ast.Name) and n.type.id == "Exception"))
+    ]
+    assert not broad, f"{source.relative_to(ROOT)}: bare or broad except at lines {broad}"

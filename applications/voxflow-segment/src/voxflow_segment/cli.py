@@ -227,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", type=int, default=1, help="flip combinations (1-8 in 3D)")
     predict.add_argument("--probabilities", action="store_true", help="write float16 probabilities")
     predict.add_argument("--overwrite", action="store_true")
-    predict.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows per forward pass (default: 1 on the CPU, 4 on a GPU)",
+    )
     predict.add_argument("--overlap", type=float, default=0.5, help="window overlap (0-1)")
     predict.add_argument(
         "--blend",

@@ -190,7 +190,7 @@ def predict(
     tta: int = 1,
     probabilities: bool = False,
     overwrite: bool = False,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     overlap: float = 0.5,
     blend: str = "gaussian",
     block_shape: Sequence[int] | None = None,
@@ -211,7 +211,7 @@ def predict(
         probabilities: Write float16 class probabilities (``c`` axis: every class of every
             target) instead of label values.
         overwrite: Replace an existing ``output``.
-        batch_size: Windows per forward pass (times ``tta``).
+        batch_size: Windows per forward pass (times ``tta``); default 1 on the CPU, 4 on a GPU.
         overlap: Window overlap.
         blend: Window weights: ``"gaussian"`` (nnU-Net's, sigma = patch/8), ``"hann"`` or
             ``"constant"`` (plain average, as MONAI's ``mode="constant"``).
@@ -229,7 +229,9 @@ def predict(
 
     started = time.perf_counter()
     output = Path(output)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise DataError(f"batch_size must be an integer >= 1, found {batch_size!r}")
     if not 0.0 <= overlap < 1.0:
         raise DataError(f"overlap must lie in [0, 1), found {overlap!r}")
@@ -242,6 +244,11 @@ def predict(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(checkpoint, device=device, expected=expected)
+    if batch_size is None:
+        # a CPU convolves windows one after the other at the same speed as a batch of them,
+        # and a batch multiplies the activations (128^3: 1.9 GiB peak at 1 window, 3.1 at 4)
+        on_cpu = next(model.network.parameters()).device.type == "cpu"
+        batch_size = 1 if on_cpu else 4
     config = model.config
     image = open_image(Path(input_path), level)
     if image.channels != model.in_channels:
