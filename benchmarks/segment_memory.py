@@ -6,7 +6,8 @@ Writes a 512 x 1024 x 1024 float32 OME-Zarr image (2 GiB) and uint8 labels block
 proportional set size (PSS: pages shared by forked workers count once) of the process tree
 every 250 ms:
 
-* ``voxflow-segment train``: 128^3 patches, batch 2, 2 workers, 20 steps of a small DynUNet;
+* ``voxflow-segment train``: ``--patch``^3 patches (default 128), batch 2, 2 workers, 20 steps
+  of a small DynUNet (filters 8-64);
 * ``voxflow-segment predict``: the checkpoint over the whole 2 GiB image (no overlap, to keep
   the run short; overlap changes the work, not the memory of a block), once per
   ``--predict-batch`` value (windows per forward pass: the network's activations, not the
@@ -65,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 1024, 1024])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--patch", type=int, default=128, help="cubic patch edge in voxels")
     parser.add_argument(
         "--predict-batch",
         type=int,
@@ -90,7 +92,7 @@ def main() -> None:
                 "volumes": [{"id": "big", "image": str(image), "labels": {"fg": str(labels)}}],
                 "targets": {"fg": {"classes": [0, 1]}},
             },
-            "patch": {"size": [128, 128, 128]},
+            "patch": {"size": [args.patch] * 3},
             "normalization": {"scheme": "fixed", "mean": [0.0], "std": [1.0]},
             "model": {
                 "name": "dynunet",
@@ -134,7 +136,7 @@ def main() -> None:
             predictions.append((batch, seconds, peak))
     print(f"\n{'command':44} {'seconds':>8} {'peak PSS':>9} {'goal':>8}")
     print(
-        f"{'train (' + str(args.steps) + ' steps, 2 workers)':44} {train_s:8.0f} "
+        f"{f'train ({args.steps} steps, {args.patch}^3, 2 workers)':44} {train_s:8.0f} "
         f"{train_peak / 2**30:8.2f}G {'< 3G':>8}"
     )
     for batch, seconds, peak in predictions:

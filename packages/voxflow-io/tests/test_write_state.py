@@ -117,6 +117,36 @@ os._exit(9)  # killed before the second region, the pyramid and finish()
     np.testing.assert_array_equal(open_volume(path, level=1)[:], 1)
 
 
+def test_process_killed_inside_build_pyramid_leaves_the_store_incomplete(tmp_path: Path) -> None:
+    path = tmp_path / "pyramid.ome.zarr"
+    run_and_kill(
+        f"""
+import os, numpy as np
+import voxflow_io._write as write
+from voxflow_io import create_ome_zarr
+writer = create_ome_zarr({str(path)!r}, shape=(8, 8), dtype="uint8", chunks=(2, 2), axes="yx",
+                         levels=2)
+writer.write_region((0, 0), np.ones((8, 8), np.uint8))
+calls = []
+downsample = write.downsample
+def dying(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the first block of level 1 is written, the second never is
+        os._exit(9)
+    return downsample(*args, **kwargs)
+write.downsample = dying
+writer.build_pyramid()
+"""
+    )
+    for level in (0, 1):
+        with pytest.raises(IncompleteStoreError, match=rf"pyramid\.ome\.zarr: {INCOMPLETE}"):
+            open_volume(path, level=level)
+    writer = OmeZarrWriter(path)
+    writer.build_pyramid()
+    writer.finish()
+    np.testing.assert_array_equal(open_volume(path, level=1)[:], 1)
+
+
 def test_killed_plate_creation_is_cleaned_by_the_retry(tmp_path: Path) -> None:
     path = tmp_path / "plate.ome.zarr"
     arguments = (
