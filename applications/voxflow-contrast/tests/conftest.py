@@ -253,3 +253,15 @@ def single_field_yaml(tmp_path: Path) -> Callable[..., Path]:
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``experiments.yaml`` of ``voxflow_contrast.synthetic.make_experiments`` (seed 0, two
+    experiments, wells A/1 infected and A/2 mock, two fields each, T=12, 64x64, Z=1, four
+    cells per field, phenotype from t_on=5). Session-scoped and shared: read it, never change
+    it (build indexes with a ``cache_dir`` under your own ``tmp_path``)."""
+    from voxflow_contrast.synthetic import make_experiments
+
+    folder = tmp_path_factory.mktemp("synthetic") / "data"
+    return make_experiments(folder, frames=12, size=64, cells=4, t_on=5)

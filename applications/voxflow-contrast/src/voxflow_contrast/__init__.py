@@ -20,9 +20,11 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .data import ContrastDataModule, PairBatchSampler, PairDataset, check_index_current
     from .errors import (
         CellIndexError,
         ContrastError,
+        DataError,
         ExperimentError,
         SamplerError,
         TrackingError,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from .index import CellIndex, IndexSummary, build_index, check_experiments
     from .positives import LineageArrays, draw_positives
     from .sampler import BatchSampler, SamplerConfig
+    from .synthetic import make_experiments
 
 __version__ = version("voxflow-contrast")
 
@@ -45,6 +48,11 @@ _EXPORTS = {
     "TrackingError": "errors",
     "CellIndexError": "errors",
     "SamplerError": "errors",
+    "DataError": "errors",
+    "PairDataset": "data",
+    "PairBatchSampler": "data",
+    "ContrastDataModule": "data",
+    "check_index_current": "data",
     "ExperimentsConfig": "experiments",
     "IndexOptions": "experiments",
     "load_experiments": "experiments",
@@ -57,26 +65,33 @@ _EXPORTS = {
     "draw_positives": "positives",
     "BatchSampler": "sampler",
     "SamplerConfig": "sampler",
+    "make_experiments": "synthetic",
 }
 
 __all__ = [
     "BatchSampler",
     "CellIndex",
     "CellIndexError",
+    "ContrastDataModule",
     "ContrastError",
+    "DataError",
     "ExperimentError",
     "ExperimentsConfig",
     "IndexOptions",
     "IndexSummary",
     "LineageArrays",
+    "PairBatchSampler",
+    "PairDataset",
     "SamplerConfig",
     "SamplerError",
     "TrackingError",
     "__version__",
     "build_index",
     "check_experiments",
+    "check_index_current",
     "draw_positives",
     "load_experiments",
+    "make_experiments",
     "register_experiments",
 ]
 

@@ -25,3 +25,7 @@ class CellIndexError(ContrastError, ValueError):
 
 class SamplerError(ContrastError, ValueError):
     """Sampler options that contradict each other or the index."""
+
+
+class DataError(ContrastError, ValueError):
+    """A crop or a batch request that the dataset cannot serve, or a bad data option."""
