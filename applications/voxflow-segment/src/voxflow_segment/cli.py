@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import PRECISIONS
+from voxflow_utils import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def _setup_logging(level: str = "INFO", run_dir: Path | None = None) -> None:
 
 # --------------------------------------------------------------------------- subcommands
 def _init(args: argparse.Namespace) -> None:
-    from .atomic import write_atomic
+    from voxflow_utils import write_atomic
+
     from .planning import inputs_from_folder, inputs_from_pairs, plan, render_config
 
     out = Path(args.out)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import tifffile
 
-from .atomic import write_atomic
+from voxflow_utils import write_atomic
+
 from .config import RunConfig, load_run_config
 from .errors import OutputExistsError
 from .planning import inputs_from_folder, plan, render_config

@@ -21,7 +21,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel
 
-from .config import PRECISIONS, RunConfig, dump_config
+from voxflow_utils import PRECISIONS
+
+from .config import RunConfig, dump_config
 from .errors import DataError
 from .volumes import (
     SpatialOnly,

@@ -8,14 +8,10 @@ checkpoints, written atomically), ``logs/`` (TensorBoard and CSV), ``previews/``
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
 import logging
-import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +21,15 @@ import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-from voxflow_utils import ConfigError
+from voxflow_utils import (
+    FinalCheckpoint,
+    is_rank_zero,
+    make_loggers,
+    merge_csv_logs,
+    quiet_lightning,
+    write_atomic,
+)
 
-from .atomic import write_atomic
 from .config import RunConfig, dump_config
 from .errors import RunDirError
 
@@ -49,34 +51,8 @@ class TrainResult:
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
-# Lightning warnings that say nothing actionable about a voxflow run: the module's
-# on_after_batch_transfer is meant to run (augmentation on the device), and the pytree notice
-# is Lightning's own use of a torch API.
-for _message in (
-    r"You have overridden `on_after_batch_transfer` in `LightningModule`",
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-):
-    warnings.filterwarnings("ignore", message=_message)
-
-
-class _NoAdvertisement(logging.Filter):
-    """Drops Lightning's advertisement for its cloud logger from the run's console."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip: For seamless cloud logging" not in record.getMessage()
-
-
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
-
-
-def _is_rank_zero() -> bool:
-    # Lightning's DDP launcher starts the other ranks as copies of this command with
-    # LOCAL_RANK set; cluster launchers set RANK. Only global rank 0 prepares the run dir.
-    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
-        value = os.environ.get(name)
-        if value is not None and value != "0":
-            return False
-    return True
+# Lightning's console notices that say nothing actionable about a voxflow run.
+quiet_lightning()
 
 
 def check_run_dir(config: RunConfig, *, resume: bool) -> Path | None:
@@ -109,7 +85,7 @@ def check_run_dir(config: RunConfig, *, resume: bool) -> Path | None:
                 f"same run (only trainer.max_steps/max_epochs/max_time may change). "
                 f"Differences: {'; '.join(differences[:10])}"
             )
-    elif _is_rank_zero() and (stored.exists() or (run_dir / "checkpoints").exists()):
+    elif is_rank_zero() and (stored.exists() or (run_dir / "checkpoints").exists()):
         raise RunDirError(
             f"{run_dir}: already holds a run; continue it with --resume, or choose another "
             f"run_dir (e.g. run_dir={run_dir}-2)"
@@ -124,7 +100,7 @@ def write_run_files(config: RunConfig) -> None:
     leaves no ``run.yaml`` that would make the run directory look taken.
     """
     run_dir = Path(config.run_dir)
-    if _is_rank_zero():
+    if is_rank_zero():
         write_atomic(
             run_dir / RUN_FILE,
             "# voxflow-segment run configuration (resolved: every default written out)\n"
@@ -155,9 +131,7 @@ def build_trainer(
 ) -> pl.Trainer:
     """A Lightning ``Trainer`` with the run's loggers, checkpoints and settings."""
     run_dir = Path(config.run_dir)
-    loggers: list[Any] = []
-    for name in config.logging.loggers:
-        loggers.append(_logger(name, run_dir))
+    loggers = make_loggers(config.logging.loggers, run_dir)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step-{step:07d}",
@@ -182,62 +156,6 @@ def build_trainer(
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )
-
-
-def _logger(name: str, run_dir: Path) -> Any:
-    from lightning.pytorch import loggers
-
-    package = {"mlflow": "mlflow", "wandb": "wandb"}.get(name)
-    if package is not None and importlib.util.find_spec(package) is None:
-        raise ConfigError(
-            f"logging.loggers: {name!r} needs the {package} package, which is not installed "
-            f"(pip install {package}); installed choices always include 'tensorboard' and 'csv'"
-        )
-    logs = run_dir / "logs"
-    if name == "tensorboard":
-        return loggers.TensorBoardLogger(save_dir=logs, name="tensorboard")
-    if name == "csv":
-        # A new version folder per (re)start: Lightning's CSV logger would delete the
-        # metrics of the interrupted run otherwise.
-        return loggers.CSVLogger(save_dir=logs, name="csv")
-    if name == "mlflow":
-        return loggers.MLFlowLogger(save_dir=str(logs / "mlflow"), run_name=run_dir.name)
-    return loggers.WandbLogger(save_dir=str(logs), name=run_dir.name)
-
-
-class FinalCheckpoint(pl.Callback):
-    """Saves ``last.ckpt`` when training ends (max_steps, max_time, or a stop), so the last
-    state is never lost between two interval checkpoints."""
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        path = Path(trainer.default_root_dir) / "checkpoints" / LAST
-        trainer.save_checkpoint(path, weights_only=False)
-        logger.info("saved %s at step %d", path, trainer.global_step)
-
-
-def merge_csv_logs(run_dir: Path) -> Path | None:
-    """Concatenate every CSV logger version of the run into ``logs/metrics.csv``."""
-    files = sorted(
-        (run_dir / "logs" / "csv").glob("version_*/metrics.csv"),
-        key=lambda p: int(p.parent.name.split("_")[1]),
-    )
-    if not files:
-        return None
-    rows: list[dict[str, str]] = []
-    names: list[str] = []
-    for path in files:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            names += [n for n in reader.fieldnames or [] if n not in names]
-            rows += list(reader)
-    out = run_dir / "logs" / "metrics.csv"
-    temporary = out.with_name(".metrics.csv.tmp")
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(out)
-    return out
 
 
 def train(
@@ -272,7 +190,7 @@ def train(
     config.total_steps()  # the schedule needs a length: refuse now, not at the first step
     ckpt_path = check_run_dir(config, resume=resume)
     seed_everything(config.seed, workers=True, verbose=False)
-    data = build_data(config, progress=progress and _is_rank_zero())
+    data = build_data(config, progress=progress and is_rank_zero())
     module = SegmentationModule(config.model_dump(mode="json"), data.in_channels)
     trainer = build_trainer(config, progress=progress, callbacks=callbacks)
     write_run_files(config)

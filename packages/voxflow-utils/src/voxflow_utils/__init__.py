@@ -1,8 +1,10 @@
-"""voxflow-utils: configuration, logging, losses, distributed helpers, callbacks and plots.
+"""voxflow-utils: configuration, logging, losses, distributed helpers, callbacks, training-run
+helpers and plots.
 
-Importing the package loads neither Lightning, matplotlib nor torch: the callback, the plots,
-the losses and the distributed helper are imported when first used (module ``__getattr__``),
-so a configuration loader or a CLI's ``--help`` does not pay seconds and gigabytes for them.
+Importing the package loads neither Lightning, matplotlib nor torch: the callbacks, the
+training-run helpers, the plots, the losses and the distributed helper are imported when first
+used (module ``__getattr__``), so a configuration loader or a CLI's ``--help`` does not pay
+seconds and gigabytes for them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from ._errors import (
     PlotInputError,
     VoxflowUtilsError,
 )
-from ._logging import current_rank, setup_logging
+from ._files import write_atomic
+from ._logging import current_rank, is_rank_zero, setup_logging
+from ._trainer_config import PRECISIONS, Precision, TrainerConfig
 
 if TYPE_CHECKING:
     from ._callbacks import PreviewCallback
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
         deep_supervision_weights,
     )
     from ._plots import plot_embedding_scatter, plot_preview, plot_training_curves, save_figure
+    from ._training import FinalCheckpoint, make_loggers, merge_csv_logs, quiet_lightning
 
 __version__ = version("voxflow-utils")
 
@@ -45,35 +50,49 @@ _LAZY = {
     "plot_preview": "._plots",
     "plot_training_curves": "._plots",
     "save_figure": "._plots",
+    "FinalCheckpoint": "._training",  # Lightning
+    "make_loggers": "._training",
+    "merge_csv_logs": "._training",
+    "quiet_lightning": "._training",
 }
 
 __all__ = [
     "CallbackError",
     "ConfigError",
     "DeepSupervisionLoss",
+    "FinalCheckpoint",
     "LossInputError",
     "NTXentHCLLoss",
     "NTXentLoss",
+    "PRECISIONS",
     "PlotInputError",
+    "Precision",
     "PreviewCallback",
+    "TrainerConfig",
     "VoxflowUtilsError",
     "__version__",
     "apply_overrides",
     "current_rank",
     "deep_supervision_weights",
     "gather_with_gradient",
+    "is_rank_zero",
     "load_config",
+    "make_loggers",
+    "merge_csv_logs",
     "plot_embedding_scatter",
     "plot_preview",
     "plot_training_curves",
+    "quiet_lightning",
     "read_config_file",
     "save_figure",
     "setup_logging",
+    "write_atomic",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    """Import the callback, the plots, the losses and the distributed helper on first use."""
+    """Import the callbacks, the training-run helpers, the plots, the losses and the
+    distributed helper on first use."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

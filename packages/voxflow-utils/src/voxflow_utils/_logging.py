@@ -37,6 +37,22 @@ def current_rank() -> int:
     return 0
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0, from the environment alone (no torch).
+
+    Lightning's DDP launcher starts the other ranks as copies of the command with
+    ``LOCAL_RANK`` set; cluster launchers set ``RANK``; multi-node runs set ``NODE_RANK``. A
+    process is rank 0 unless one of ``RANK``, ``LOCAL_RANK``, ``NODE_RANK`` is set to
+    something other than ``"0"``. Usable before ``torch.distributed`` is initialised (e.g. to
+    let only rank 0 prepare a run directory).
+    """
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        value = os.environ.get(name)
+        if value is not None and value != "0":
+            return False
+    return True
+
+
 def _level(name: str, level: int | str) -> int | str:
     """``level`` if ``logging`` knows it, else ``ConfigError`` listing the known names."""
     known = logging.getLevelNamesMapping()
