@@ -13,6 +13,7 @@ from voxflow_models import (
     InputShapeError,
     ModelConfigError,
     UnknownModelError,
+    ZStackStem,
     build_model,
     list_models,
 )
@@ -157,6 +158,52 @@ def test_contrastive_resnet(spatial_dims: int, depth: int, feature_dim: int) -> 
     backward(projections)
 
 
+def test_contrastive_resnet_widen_factor_scales_every_stage() -> None:
+    from monai.networks import nets
+
+    model = build_model(
+        "contrastive_resnet", spatial_dims=2, in_channels=2, depth=10, widen_factor=0.25
+    )
+    reference = nets.resnet10(
+        spatial_dims=2, n_input_channels=2, feed_forward=False, widen_factor=0.25
+    )
+    widths = [m.out_channels for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [m.out_channels for m in reference.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert max(widths) == 128
+    features, _ = model(torch.randn(3, 2, 32, 32))
+    assert tuple(features.shape) == (3, 128)
+
+
+@pytest.mark.parametrize("widen_factor", [0, -1.0, 0.001, True, "wide"])
+def test_contrastive_resnet_rejects_bad_widen_factor(widen_factor: object) -> None:
+    with pytest.raises(ModelConfigError, match=r"widen_factor must be a number in \(0, 8\]"):
+        build_model("contrastive_resnet", spatial_dims=2, in_channels=1, widen_factor=widen_factor)
+
+
+def test_contrastive_resnet25d_projects_the_stack_then_runs_2d() -> None:
+    model = build_model(
+        "contrastive_resnet25d",
+        in_channels=2,
+        z_slices=3,
+        stem_channels=8,
+        depth=10,
+        projection_dim=16,
+        hidden_dim=32,
+        widen_factor=0.25,
+    )
+    stem, resnet = model.backbone
+    assert isinstance(stem, ZStackStem)
+    assert stem.depth == 3
+    assert resnet.conv1.in_channels == 8
+    assert isinstance(resnet.conv1, torch.nn.Conv2d)
+    features, projections = model(torch.randn(4, 2, 3, 24, 24))
+    assert tuple(features.shape) == (4, 128)
+    assert tuple(projections.shape) == (4, 16)
+    backward(projections)
+    with pytest.raises(InputShapeError, match=r"contrastive_resnet25d expects input"):
+        model(torch.randn(4, 2, 2, 24, 24))
+
+
 def test_contrastive_convnext_through_timm() -> None:
     pytest.importorskip("timm")
     model = build_model(
@@ -173,7 +220,12 @@ def test_contrastive_convnext_through_timm() -> None:
 
 
 def test_every_registered_model_is_covered() -> None:
-    covered = set(CASES) | {"multihead", "contrastive_resnet", "contrastive_convnext"}
+    covered = set(CASES) | {
+        "multihead",
+        "contrastive_resnet",
+        "contrastive_resnet25d",
+        "contrastive_convnext",
+    }
     assert set(list_models()) == covered
 
 

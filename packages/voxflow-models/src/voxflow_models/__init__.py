@@ -7,7 +7,12 @@ No Lightning: every model is an ``nn.Module``. Every model checks its input wher
 
 from importlib.metadata import version
 
-from ._contrastive import ContrastiveEncoder, build_contrastive_convnext, build_contrastive_resnet
+from ._contrastive import (
+    ContrastiveEncoder,
+    build_contrastive_convnext,
+    build_contrastive_resnet,
+    build_contrastive_resnet25d,
+)
 from ._errors import InputShapeError, ModelConfigError, ModelError, UnknownModelError
 from ._inputs import InputSpec
 from ._registry import build_model, input_spec_of, list_models, model_arguments, register_model
@@ -28,6 +33,7 @@ __all__ = [
     "__version__",
     "build_contrastive_convnext",
     "build_contrastive_resnet",
+    "build_contrastive_resnet25d",
     "build_model",
     "build_multihead",
     "build_unet25d",

@@ -11,6 +11,7 @@ from torch import nn
 from ._errors import InputShapeError, ModelConfigError
 from ._inputs import InputSpec, check_float_batch, positive_int, spatial_dims_of
 from ._registry import register_model
+from ._stem import ZStackStem
 
 _RESNETS = {10: nets.resnet10, 18: nets.resnet18, 34: nets.resnet34, 50: nets.resnet50}
 
@@ -77,29 +78,83 @@ def build_contrastive_resnet(
     depth: int = 18,
     projection_dim: int = 128,
     hidden_dim: int = 512,
+    widen_factor: float = 1.0,
 ) -> ContrastiveEncoder:
     """MONAI ResNet (2D or 3D, depth 10/18/34/50) without its classifier, plus a projection.
 
+    ``widen_factor`` scales every stage's width (MONAI's ``widen_factor``): 0.25 gives stages
+    of 16/32/64/128 channels, about 1/16 of the compute, enough for small cell crops.
+
     Shapes:
-        input ``(B, in_channels, *spatial)`` -> ``((B, 512 or 2048), (B, projection_dim))``.
+        input ``(B, in_channels, *spatial)`` -> ``((B, F), (B, projection_dim))`` with
+        ``F = int(512 * widen_factor)`` (x4 for depth 50).
     """
     where = "model 'contrastive_resnet'"
     spatial_dims = spatial_dims_of(where, spatial_dims)
     in_channels = positive_int(where, "in_channels", in_channels)
-    projection_dim = positive_int(where, "projection_dim", projection_dim)
-    hidden_dim = positive_int(where, "hidden_dim", hidden_dim)
-    if depth not in _RESNETS or isinstance(depth, bool):
-        raise ModelConfigError(f"{where}: depth must be one of {sorted(_RESNETS)}, found {depth!r}")
-    backbone = _RESNETS[depth](
-        spatial_dims=spatial_dims, n_input_channels=in_channels, feed_forward=False
-    )
-    feature_dim = 512 * (4 if depth == 50 else 1)
+    backbone, feature_dim = _resnet_backbone(where, spatial_dims, in_channels, depth, widen_factor)
     return ContrastiveEncoder(
         backbone,
         feature_dim,
-        projection_dim,
-        hidden_dim,
+        positive_int(where, "projection_dim", projection_dim),
+        positive_int(where, "hidden_dim", hidden_dim),
         input_spec=InputSpec("contrastive_resnet", in_channels, spatial_dims),
+    )
+
+
+def _resnet_backbone(
+    where: str, spatial_dims: int, in_channels: int, depth: int, widen_factor: float
+) -> tuple[nn.Module, int]:
+    """A MONAI ResNet without its classifier and the size of its pooled features."""
+    if depth not in _RESNETS or isinstance(depth, bool):
+        raise ModelConfigError(f"{where}: depth must be one of {sorted(_RESNETS)}, found {depth!r}")
+    if (
+        isinstance(widen_factor, bool)
+        or not isinstance(widen_factor, int | float)
+        or not 0 < widen_factor <= 8
+        or int(64 * widen_factor) < 1
+    ):
+        raise ModelConfigError(
+            f"{where}: widen_factor must be a number in (0, 8] giving at least one channel in "
+            f"the first stage, found {widen_factor!r}"
+        )
+    backbone = _RESNETS[depth](
+        spatial_dims=spatial_dims,
+        n_input_channels=in_channels,
+        feed_forward=False,
+        widen_factor=float(widen_factor),
+    )
+    return backbone, int(512 * widen_factor) * (4 if depth == 50 else 1)
+
+
+@register_model("contrastive_resnet25d")
+def build_contrastive_resnet25d(
+    in_channels: int,
+    z_slices: int,
+    stem_channels: int = 16,
+    depth: int = 18,
+    projection_dim: int = 128,
+    hidden_dim: int = 512,
+    widen_factor: float = 1.0,
+) -> ContrastiveEncoder:
+    """2.5D: a [ZStackStem][voxflow_models.ZStackStem] projects ``z_slices`` slices to
+    ``stem_channels`` 2D maps, then a 2D MONAI ResNet and a projection.
+
+    Shapes:
+        input ``(B, in_channels, z_slices, Y, X)`` -> ``((B, F), (B, projection_dim))``, ``F``
+        as in [build_contrastive_resnet][voxflow_models.build_contrastive_resnet].
+    """
+    where = "model 'contrastive_resnet25d'"
+    in_channels = positive_int(where, "in_channels", in_channels)
+    z_slices = positive_int(where, "z_slices", z_slices)
+    stem_channels = positive_int(where, "stem_channels", stem_channels)
+    resnet, feature_dim = _resnet_backbone(where, 2, stem_channels, depth, widen_factor)
+    return ContrastiveEncoder(
+        nn.Sequential(ZStackStem(in_channels, z_slices, stem_channels), resnet),
+        feature_dim,
+        positive_int(where, "projection_dim", projection_dim),
+        positive_int(where, "hidden_dim", hidden_dim),
+        input_spec=InputSpec("contrastive_resnet25d", in_channels, 3, sizes=(z_slices, None, None)),
     )
 
 
