@@ -1,5 +1,6 @@
 """voxflow-contrast: contrastive learning of cell embeddings from time-lapse microscopy across
-experiments — the data side: experiments, the cell index with lineage, the batch sampler.
+experiments: experiments, the cell index with lineage, the batch sampler, training, embeddings
+as AnnData and the linear probe.
 
 The steps of the command line are functions here, for notebooks::
 
@@ -8,6 +9,12 @@ The steps of the command line are functions here, for notebooks::
     config = load_experiments("experiments.yaml", ["index.tau=[1, 2]"])
     index = build_index(config)  # or reuse the cached one
     sampler = BatchSampler.from_config(index, SamplerConfig(batch_size=64, group_by="experiment"))
+
+    from voxflow_contrast import load_run_config, train, embed, linear_probe
+
+    result = train(load_run_config("run.yaml", ["trainer.max_steps=2000"]))
+    embed(result.checkpoint, "experiments.yaml", "embeddings.h5ad")
+    print(linear_probe("embeddings.h5ad", "condition", t_min=16).format())
 
 Attributes load lazily: importing the package (and ``voxflow-contrast --help``) does not import
 pandas, pyarrow or zarr.
@@ -20,12 +27,17 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .config import RunConfig, load_run_config
     from .data import ContrastDataModule, PairBatchSampler, PairDataset, check_index_current
+    from .demo import run_demo
+    from .embed import embed, load_module
     from .errors import (
         CellIndexError,
         ContrastError,
         DataError,
+        EmbeddingError,
         ExperimentError,
+        ModelError,
         SamplerError,
         TrackingError,
     )
@@ -36,9 +48,12 @@ if TYPE_CHECKING:
         register_experiments,
     )
     from .index import CellIndex, IndexSummary, build_index, check_experiments
+    from .module import ContrastModule
     from .positives import LineageArrays, draw_positives
+    from .probe import ProbeResult, linear_probe
     from .sampler import BatchSampler, SamplerConfig
     from .synthetic import make_experiments
+    from .training import TrainResult, train
 
 __version__ = version("voxflow-contrast")
 
@@ -49,6 +64,18 @@ _EXPORTS = {
     "CellIndexError": "errors",
     "SamplerError": "errors",
     "DataError": "errors",
+    "ModelError": "errors",
+    "EmbeddingError": "errors",
+    "RunConfig": "config",
+    "load_run_config": "config",
+    "ContrastModule": "module",
+    "train": "training",
+    "TrainResult": "training",
+    "embed": "embed",
+    "load_module": "embed",
+    "linear_probe": "probe",
+    "ProbeResult": "probe",
+    "run_demo": "demo",
     "PairDataset": "data",
     "PairBatchSampler": "data",
     "ContrastDataModule": "data",
@@ -74,25 +101,37 @@ __all__ = [
     "CellIndexError",
     "ContrastDataModule",
     "ContrastError",
+    "ContrastModule",
     "DataError",
+    "EmbeddingError",
     "ExperimentError",
     "ExperimentsConfig",
     "IndexOptions",
     "IndexSummary",
     "LineageArrays",
+    "ModelError",
     "PairBatchSampler",
     "PairDataset",
+    "ProbeResult",
+    "RunConfig",
     "SamplerConfig",
     "SamplerError",
     "TrackingError",
+    "TrainResult",
     "__version__",
     "build_index",
     "check_experiments",
     "check_index_current",
     "draw_positives",
+    "embed",
+    "linear_probe",
     "load_experiments",
+    "load_module",
+    "load_run_config",
     "make_experiments",
     "register_experiments",
+    "run_demo",
+    "train",
 ]
 
 

@@ -29,3 +29,11 @@ class SamplerError(ContrastError, ValueError):
 
 class DataError(ContrastError, ValueError):
     """A crop or a batch request that the dataset cannot serve, or a bad data option."""
+
+
+class ModelError(ContrastError, ValueError):
+    """A run configuration, checkpoint or encoder that does not fit the data or each other."""
+
+
+class EmbeddingError(ContrastError, ValueError):
+    """An embeddings file that cannot be read, or lacks what an analysis of it needs."""

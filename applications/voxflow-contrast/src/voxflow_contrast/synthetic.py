@@ -9,7 +9,10 @@ What the images show:
 - **Cells** are textured ellipses that drift by a persistent random walk, turn slowly and
   stay inside the image (their centres reflect at the borders). Some cells divide once per
   movie: the parent track ends at frame ``t``, two smaller daughters start at ``t + 1`` on
-  either side of it along its long axis and grow back.
+  either side of it along its long axis and grow back. A cell's texture and its puncta change
+  from frame to frame (the texture's phases drift, the puncta circle around the centre), as
+  organelles do: they are no fixed fingerprint that would let an encoder recognise a cell one
+  frame later without looking at its state.
 - **Channels**: a phase-like channel (the cell body with its texture; bright cells on a dark
   background, or dark cells for the bright-field names) and a reporter channel (diffuse
   fluorescence with a few faint puncta, its level varying from cell to cell).
@@ -80,10 +83,15 @@ DAUGHTER_SCALE = 0.75
 GROWTH_FRAMES = 4
 ONSET_JITTER = 2
 RAMP_FRAMES = 3
-RELOCATED = 0.5
+RELOCATED = 0.75
 """Fraction of the reporter that moves into the spot once the phenotype is complete."""
 SPOT_SIGMA = 2.0
 PUNCTA_SIGMA = 1.0
+TEXTURE_DRIFT = 1.0
+"""Largest change per frame of a texture wave's phase (radians): the texture is no fixed
+fingerprint of a cell."""
+PUNCTA_TURN = 0.8
+"""Largest turn per frame (radians) of a punctum around the cell's centre."""
 PUNCTA_LEVEL = 0.5
 EXPRESSION = (0.6, 1.4)
 COUNTS_PER_UNIT = 1000.0
@@ -102,8 +110,8 @@ class _Cell:
     semi_axes: tuple[float, float]
     expression: float
     onset: float  # first frame of the phenotype; inf for cells that never show it
-    waves: np.ndarray  # (3, 3): wave vector (2) and phase of the cell's texture
-    puncta: np.ndarray  # (P, 2) positions in the cell frame, in units of the semi-axes
+    waves: np.ndarray  # (3, 4): wave vector (2), phase and phase drift per frame of the texture
+    puncta: np.ndarray  # (P, 3): position in the cell frame (semi-axis units), turn per frame
     spot: np.ndarray  # (2,) spot position in the cell frame, pixels
     y: list[float] = field(default_factory=list)
     x: list[float] = field(default_factory=list)
@@ -359,13 +367,15 @@ def _new_cell(
             frequencies * np.cos(directions),
             frequencies * np.sin(directions),
             rng.uniform(0, 2 * np.pi, 3),
+            rng.uniform(-TEXTURE_DRIFT, TEXTURE_DRIFT, 3),
         ],
         axis=1,
     )
     count = int(rng.integers(2, 4))
     radius = np.sqrt(rng.uniform(0.0, 0.5, count))
     angle = rng.uniform(0, 2 * np.pi, count)
-    puncta = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    turn = rng.uniform(-PUNCTA_TURN, PUNCTA_TURN, count)
+    puncta = np.stack([radius * np.cos(angle), radius * np.sin(angle), turn], axis=1)
     return _Cell(
         track_id=track_id,
         parent_track_id=parent,
@@ -521,16 +531,18 @@ def _stamp(cell: _Cell, t: int, phase: np.ndarray, reporter: np.ndarray) -> None
     across = -dx * math.sin(angle) + dy * math.cos(angle)
     radius = np.sqrt((along / long_axis) ** 2 + (across / short_axis) ** 2)
     body = 1.0 / (1.0 + np.exp((radius - 1.0) * short_axis / 0.7))  # soft edge of ~0.7 px
-    texture = sum(np.cos(wy * along + wx * across + shift) for wy, wx, shift in cell.waves) / len(
-        cell.waves
-    )
+    texture = sum(
+        np.cos(wy * along + wx * across + shift + drift * k) for wy, wx, shift, drift in cell.waves
+    ) / len(cell.waves)
     window = (slice(y0, y1), slice(x0, x1))
     phase[window] = np.maximum(phase[window], body * (1.0 + 0.3 * texture))
 
     relocated = RELOCATED * float(np.clip((t - cell.onset + 1) / RAMP_FRAMES, 0.0, 1.0))
     level = cell.expression
     signal = body * level * (1.0 - relocated) * (1.0 + 0.2 * texture)
-    for pu, pv in cell.puncta:
+    for u, v, turn in cell.puncta:  # vesicles circle around the centre
+        pu = u * math.cos(turn * k) - v * math.sin(turn * k)
+        pv = u * math.sin(turn * k) + v * math.cos(turn * k)
         distance2 = (along - pu * long_axis) ** 2 + (across - pv * short_axis) ** 2
         signal += PUNCTA_LEVEL * level * np.exp(-distance2 / (2 * PUNCTA_SIGMA**2))
     if relocated > 0:
