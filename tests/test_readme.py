@@ -20,6 +20,7 @@ def test_every_benchmark_is_listed_with_its_group(script: Path) -> None:
 def test_the_two_commands() -> None:
     # Each alone in its own block, as .ci/run runs them ("tests" and "demo").
     assert "\n```\nuv run voxflow-segment demo\n```\n" in README
+    assert "\n```\nuv run voxflow-contrast demo\n```\n" in README
     assert "\n```\nuv run pytest\n```\n" in README
 
 

@@ -220,8 +220,8 @@ class LoggingSection(Section):
     record_batches: bool = Field(
         default=False,
         description="Write the anchor and positive rows of every training batch each rank "
-        "reads (debug/batches-rank<r>.jsonl) and each rank's final weight checksum: proof of "
-        "sharding and resume.",
+        "reads (debug/batches-rank<r>.jsonl) and each rank's final checksum of the encoder's "
+        "parameters: proof of sharding and resume.",
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,9 @@ def load_module(checkpoint: str | os.PathLike[str]) -> ContrastModule:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        # weights_only: a checkpoint is data (tensors, numbers, strings), never code to run.
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise ModelError(
             f"checkpoint {path}: cannot be read as a PyTorch checkpoint: {exc}"
         ) from exc

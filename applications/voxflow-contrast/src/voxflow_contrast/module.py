@@ -262,8 +262,10 @@ class ContrastModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         if self.run_config.logging.record_batches:
+            # The parameters, which DDP keeps identical; batch normalisation's running
+            # statistics are per rank (each sees its own batches).
             digest = hashlib.sha256()
-            for name, value in sorted(self.encoder.state_dict().items()):
+            for name, value in sorted(self.encoder.named_parameters()):
                 digest.update(name.encode())
                 digest.update(value.detach().cpu().contiguous().numpy().tobytes())
             self._debug_path("weights").with_suffix(".sha256").write_text(digest.hexdigest() + "\n")
