@@ -36,7 +36,10 @@ def _index_path(out: str) -> Path:
 
 
 # --------------------------------------------------------------------------- help
-@pytest.mark.parametrize("command", [[], ["build-index"], ["check-config"]])
+COMMANDS = ("build-index", "check-config", "train", "embed", "linear-probe", "demo")
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
 def test_every_command_has_help_with_examples(
     capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
@@ -47,7 +50,7 @@ def test_every_command_has_help_with_examples(
     assert out.startswith(f"usage: {PROG} {' '.join(command)}".rstrip())
     assert "examples:\n  voxflow-contrast " in out
     for example in [line.strip() for line in out.splitlines() if line.startswith("  voxflow-")]:
-        assert example.split()[1] in ("build-index", "check-config")
+        assert example.split()[1] in COMMANDS
 
 
 def test_missing_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,8 +82,8 @@ def test_package_exports() -> None:
         assert getattr(voxflow_contrast, name) is not None
     assert voxflow_contrast.build_index is build_index
     assert set(voxflow_contrast.__all__) <= set(dir(voxflow_contrast))
-    with pytest.raises(AttributeError, match="has no attribute 'train'"):
-        voxflow_contrast.train  # noqa: B018  (part 2)
+    with pytest.raises(AttributeError, match="has no attribute 'predict'"):
+        voxflow_contrast.predict  # noqa: B018
 
 
 # --------------------------------------------------------------------------- check-config

@@ -329,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Writes two synthetic experiments, builds the index, trains a small\n"
         "encoder on the CPU, embeds every cell with it and with the untrained encoder, and\n"
         "prints the linear-probe accuracy of the condition at late frames for both.",
+        epilog="examples:\n  voxflow-contrast demo\n"
+        "  voxflow-contrast demo --out /scratch/contrast-demo --overwrite --no-progress\n\n"
+        "Then train further: voxflow-contrast train --config voxflow-contrast-demo/run.yaml "
+        "run_dir=run2 trainer.max_steps=1000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--out", default="voxflow-contrast-demo", help="folder for everything")
