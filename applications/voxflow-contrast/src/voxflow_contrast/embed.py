@@ -70,7 +70,17 @@ def load_module(checkpoint: str | os.PathLike[str]) -> ContrastModule:
     try:
         # weights_only: a checkpoint is data (tensors, numbers, strings), never code to run.
         stored = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+    # What torch's restricted unpickler raises on a file that is no checkpoint (text, a
+    # truncated file, another pickle) depends on the bytes it meets first.
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        IndexError,
+        KeyError,
+        pickle.UnpicklingError,
+    ) as exc:
         raise ModelError(
             f"checkpoint {path}: cannot be read as a PyTorch checkpoint: {exc}"
         ) from exc

@@ -114,6 +114,9 @@ def build_trainer(
         mode="max",
         save_last=True,
         auto_insert_metric_name=False,
+        # last.ckpt is also written by FinalCheckpoint at the end: overwrite it, never make a
+        # last-v1.ckpt beside it (step checkpoints have unique names anyway).
+        enable_version_counter=False,
     )
     settings = config.trainer.model_dump()
     enable_progress_bar = settings.pop("enable_progress_bar") and progress
