@@ -65,7 +65,11 @@ def run_file(folder: Path, experiments: Path, **sections: Any) -> Path:
 @pytest.fixture(scope="module")
 def trained(synthetic_experiments: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-step run; returns its run.yaml."""
-    path = run_file(tmp_path_factory.mktemp("trained"), synthetic_experiments)
+    path = run_file(
+        tmp_path_factory.mktemp("trained"),
+        synthetic_experiments,
+        logging={"record_batches": True},
+    )
     train(load_run_config(path), progress=False)
     return path
 
@@ -91,6 +95,11 @@ def test_a_run_writes_every_output_and_a_self_describing_checkpoint(trained: Pat
     assert checkpoint["hyper_parameters"]["config"]["encoder"]["depth"] == 10
     logged = pd.read_csv(run_dir / "logs/metrics.csv")
     assert np.isfinite(logged["train/loss"].dropna()).all()
+    batches = _batches(run_dir)
+    assert sorted(batches) == [0, 1, 2]
+    assert {len(rows) for rows in batches.values()} == {8}
+    digest = (run_dir / "debug/weights-rank0.sha256").read_text().strip()
+    assert len(digest) == 64
 
 
 def test_cosine_schedule_against_the_formula() -> None:
