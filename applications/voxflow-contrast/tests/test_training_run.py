@@ -25,7 +25,7 @@ from voxflow_contrast.embed import embed, load_module
 from voxflow_contrast.errors import ExperimentError, ModelError
 from voxflow_contrast.experiments import load_experiments, register_experiments
 from voxflow_contrast.index import build_index
-from voxflow_contrast.module import ContrastModule, cosine_schedule
+from voxflow_contrast.module import ContrastModule
 from voxflow_contrast.training import train
 from voxflow_io import open_volume
 from voxflow_models import build_model
@@ -102,19 +102,7 @@ def test_a_run_writes_every_output_and_a_self_describing_checkpoint(trained: Pat
     assert len(digest) == 64
 
 
-def test_cosine_schedule_against_the_formula() -> None:
-    assert cosine_schedule(0, 10, 110, "cosine") == pytest.approx(0.1)
-    assert cosine_schedule(9, 10, 110, "cosine") == pytest.approx(1.0)
-    assert cosine_schedule(10, 10, 110, "cosine") == pytest.approx(1.0)
-    assert cosine_schedule(60, 10, 110, "cosine") == pytest.approx(0.5)
-    assert cosine_schedule(110, 10, 110, "cosine") == pytest.approx(0.0, abs=1e-12)
-    assert cosine_schedule(35, 10, 110, "cosine") == pytest.approx(
-        0.5 * (1 + np.cos(np.pi * 25 / 100))
-    )
-    assert cosine_schedule(500, 10, 110, "constant") == 1.0
-
-
-# --------------------------------------------------------------------------- augmentation
+# --------------------------------------------------------------------------- the module
 def _module(tmp_path: Path, **augment: Any) -> ContrastModule:
     config = RunConfig.model_validate(
         {
@@ -127,57 +115,10 @@ def _module(tmp_path: Path, **augment: Any) -> ContrastModule:
     return ContrastModule(config.model_dump(mode="json"), ["phase", "reporter"], (16, 16))
 
 
-def test_anchor_and_positive_get_independent_draws_replayed_on_resume(tmp_path: Path) -> None:
-    module = _module(tmp_path)
-    crops = torch.randn(6, 2, 1, 16, 16)
-    generator = module.augment.generator  # type: ignore[union-attr]
-    generator.manual_seed(5)
-    anchor, positive = module._augmented(crops), module._augmented(crops)
-    assert not torch.equal(anchor, positive)  # two draws for the same crops
-    generator.manual_seed(5)
-    assert torch.equal(module._augmented(crops), anchor)  # same seed, same draws
-    assert anchor.shape == crops.shape
-
-
-def test_channel_dropout_in_training_only(tmp_path: Path) -> None:
-    module = _module(
-        tmp_path,
-        flip=None,
-        rot90=None,
-        affine=None,
-        noise=None,
-        blur=None,
-        brightness=None,
-        contrast=None,
-        gamma=None,
-        channel_dropout={"prob": 1.0, "channels": ["reporter"]},
-    )
-    assert module.augment is None
-    crops = torch.randn(4, 2, 1, 16, 16) + 3.0
-    module.train()
-    dropped = module._augmented(crops)
-    assert torch.equal(dropped[:, 0], crops[:, 0])
-    assert (dropped[:, 1] == 0).all()
-    module.eval()
-    assert torch.equal(module._augmented(crops), crops)
-
-
-def test_encoder_layouts_2d_25d_3d(tmp_path: Path) -> None:
-    for dims, depth in (("2d", 1), ("2.5d", 3), ("3d", 3)):
-        config = RunConfig.model_validate(
-            {
-                "experiments": str(tmp_path / "e.yaml"),
-                "encoder": {**ENCODER, "dims": dims},
-                "data": {"z_window": depth},
-                "trainer": {"max_steps": 1},
-            }
-        )
-        module = ContrastModule(config.model_dump(mode="json"), ["a", "b"], (16, 16)).eval()
-        features, projections = module(torch.randn(3, 2, depth, 16, 16))
-        assert tuple(features.shape) == (3, 128)
-        assert tuple(projections.shape) == (3, 16)
-    with pytest.raises(ModelError, match=r"crops must be \(B, 2, Z, Y, X\) for channels"):
-        module(torch.randn(3, 3, depth, 16, 16))
+def test_a_2d_encoder_refuses_a_z_stack(tmp_path: Path) -> None:
+    module = _module(tmp_path).eval()
+    with pytest.raises(ModelError, match=r"encoder\.dims '2d' reads one slice, found Z = 3"):
+        module(torch.randn(2, 2, 3, 16, 16))
 
 
 # --------------------------------------------------------------------------- resume
@@ -387,8 +328,6 @@ def test_config_errors_name_the_key(synthetic_experiments: Path, tmp_path: Path)
         load_run_config(path, ["encoder.backbone=convnext", "encoder.dims=3d"])
     with pytest.raises(ConfigError, match=r"give val_keys or val_fraction, not both"):
         load_run_config(path, ["data.z_window=1", "data.val_keys=[exp1]"])
-    with pytest.raises(ModelError, match=r"channel_dropout\.channels: \['dapi'\] are not chan"):
-        _module(tmp_path, channel_dropout={"prob": 0.5, "channels": ["dapi"]})
     no_length = run_file(tmp_path / "b", synthetic_experiments, trainer={"max_steps": -1})
     with pytest.raises(ConfigError, match=r"optim\.total_steps: the cosine schedule needs a le"):
         train(load_run_config(no_length), progress=False)

@@ -177,7 +177,9 @@ def embed(
     Raises:
         ModelError: a bad checkpoint, or data the encoder does not read (other channels,
             a crop that does not fit, a Z window deeper than the fields).
-        CellIndexError: the index does not describe the experiments as they are now.
+        ExperimentError: a plate no longer has a channel the experiments file maps (an
+            index whose plates or tables changed otherwise is rebuilt, and the log says what
+            changed).
     """
     import time
 

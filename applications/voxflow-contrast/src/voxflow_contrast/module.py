@@ -183,7 +183,14 @@ class ContrastModule(pl.LightningModule):
                 f"crops must be (B, {len(self.channels)}, Z, Y, X) for channels "
                 f"{self.channels}, found {tuple(crops.shape)}"
             )
-        return crops[:, :, 0] if self.run_config.encoder.dims == "2d" else crops
+        if self.run_config.encoder.dims != "2d":
+            return crops
+        if crops.shape[2] != 1:
+            raise ModelError(
+                f"encoder.dims '2d' reads one slice, found Z = {crops.shape[2]} in crops of "
+                f"shape {tuple(crops.shape)}"
+            )
+        return crops[:, :, 0]
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and projections of ``(B, C, Z, Y, X)`` crops: ``((B, F), (B, P))``."""
