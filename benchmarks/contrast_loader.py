@@ -275,7 +275,8 @@ def main() -> None:
         voxflow_batches = epochs(loader, sampler)
         check_first_batch(next(voxflow_batches), pairs[0], windows, index)
         floor_batches = iter(floor)
-        voxflow_rates, floor_rates = [], []
+        voxflow_rates: list[float] = []
+        floor_rates: list[float] = []
         for _ in range(args.rounds):
             # voxflow's first round already consumed one batch (the check): one fewer warm-up
             warmup = args.warmup - 1 if not voxflow_rates else args.warmup
