@@ -20,6 +20,7 @@ from ._errors import (
     LossInputError,
     PlotInputError,
     VoxflowUtilsError,
+    WriteInputError,
 )
 from ._files import write_atomic
 from ._logging import current_rank, is_rank_zero, setup_logging
@@ -70,6 +71,7 @@ __all__ = [
     "PreviewCallback",
     "TrainerConfig",
     "VoxflowUtilsError",
+    "WriteInputError",
     "__version__",
     "apply_overrides",
     "current_rank",

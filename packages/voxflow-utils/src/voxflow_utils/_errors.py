@@ -21,3 +21,7 @@ class CallbackError(VoxflowUtilsError, ValueError):
 
 class PlotInputError(VoxflowUtilsError, ValueError):
     """Data a plot cannot draw: a missing or malformed metrics file, arrays of the wrong rank."""
+
+
+class WriteInputError(VoxflowUtilsError, TypeError):
+    """Data of a type that ``write_atomic`` cannot write (neither ``str`` nor ``bytes``)."""

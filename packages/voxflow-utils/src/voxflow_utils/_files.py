@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._errors import WriteInputError
+
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place.
@@ -19,11 +21,11 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
         data: The whole content, ``str`` or ``bytes``.
 
     Raises:
-        TypeError: ``data`` is neither ``str`` nor ``bytes``.
+        WriteInputError: ``data`` is neither ``str`` nor ``bytes`` (a ``TypeError``).
         OSError: the folder cannot be created or the file cannot be written.
     """
     if not isinstance(data, str | bytes):
-        raise TypeError(
+        raise WriteInputError(
             f"write_atomic({str(path)!r}): data must be str or bytes, found {type(data).__name__}"
         )
     path = Path(path)

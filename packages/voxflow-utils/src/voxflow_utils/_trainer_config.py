@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ._errors import ConfigError
+
 PositiveInt = Annotated[int, Field(ge=1)]
 Precision = Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"]
 """The values of Lightning's ``Trainer(precision=...)`` a run may choose."""
@@ -59,5 +61,5 @@ class TrainerConfig(BaseModel):
             return value
         parts = value.split(":")
         if len(parts) != 4 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"max_time {value!r} must be 'DD:HH:MM:SS'")
+            raise ConfigError(f"max_time {value!r} must be 'DD:HH:MM:SS'")
         return value
