@@ -283,3 +283,21 @@ def test_quiet_lightning_is_idempotent(rank_zero_logger: logging.Logger) -> None
 
     assert not rank_zero_logger.filter(record(advert))
     assert rank_zero_logger.filter(record("GPU available: False"))
+
+
+def test_make_trainer_keeps_one_last_checkpoint_beside_the_step_checkpoints(tmp_path: Path) -> None:
+    from voxflow_utils import TrainerConfig, make_trainer
+
+    settings = TrainerConfig(accelerator="cpu", devices=1, max_steps=4, log_every_n_steps=1)
+    trainer = make_trainer(
+        tmp_path, settings, loggers=["csv"], checkpoint_every=2, checkpoints_kept=-1,
+        progress=False,
+    )  # fmt: skip
+    assert trainer.max_steps == 4
+    trainer.fit(_Regression(False), train_dataloaders=_loader())
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step-0000002.ckpt", "step-0000004.ckpt"]
+    assert (
+        torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    )
+    assert (tmp_path / "logs" / "csv" / "version_0" / "metrics.csv").is_file()

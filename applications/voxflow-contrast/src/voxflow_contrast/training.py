@@ -20,12 +20,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from voxflow_utils import (
-    FinalCheckpoint,
     is_rank_zero,
-    make_loggers,
+    make_trainer,
     merge_csv_logs,
     quiet_lightning,
     write_atomic,
@@ -98,41 +96,6 @@ def check_run_dir(config: RunConfig, *, resume: bool) -> Path | None:
     return None
 
 
-def build_trainer(
-    config: RunConfig, *, progress: bool, callbacks: Sequence[Any] = ()
-) -> pl.Trainer:
-    """A Lightning ``Trainer`` with the run's loggers, checkpoints and settings (the sampler
-    shards batches across ranks itself: ``use_distributed_sampler=False``)."""
-    run_dir = Path(config.run_dir)
-    loggers = make_loggers(config.logging.loggers, run_dir)
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="step-{step:07d}",
-        every_n_train_steps=config.checkpoint.every_n_steps,
-        save_top_k=config.checkpoint.keep,
-        monitor="step",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
-        # last.ckpt is also written by FinalCheckpoint at the end: overwrite it, never make a
-        # last-v1.ckpt beside it (step checkpoints have unique names anyway).
-        enable_version_counter=False,
-    )
-    settings = config.trainer.model_dump()
-    enable_progress_bar = settings.pop("enable_progress_bar") and progress
-    return pl.Trainer(
-        **settings,
-        default_root_dir=run_dir,
-        logger=loggers or False,
-        callbacks=[checkpoints, FinalCheckpoint(), *callbacks]
-        + ([TQDMProgressBar()] if enable_progress_bar else [])
-        + ([LearningRateMonitor("step")] if loggers else []),
-        use_distributed_sampler=False,
-        enable_progress_bar=enable_progress_bar,
-        enable_model_summary=False,
-    )
-
-
 def train(
     config: RunConfig,
     *,
@@ -187,7 +150,15 @@ def train(
     crop = config.data.crop or tuple(index.options["patch_size"])
     seed_everything(config.seed, workers=True, verbose=False)
     module = ContrastModule(config.model_dump(mode="json"), index.channels, crop)
-    trainer = build_trainer(config, progress=progress, callbacks=callbacks)
+    trainer = make_trainer(
+        config.run_dir,
+        config.trainer,
+        loggers=config.logging.loggers,
+        checkpoint_every=config.checkpoint.every_n_steps,
+        checkpoints_kept=config.checkpoint.keep,
+        progress=progress,
+        callbacks=callbacks,
+    )
     if trainer.is_global_zero:
         _write_run_files(config)
         say(_start_summary(config, index, data, module, trainer, ckpt_path))

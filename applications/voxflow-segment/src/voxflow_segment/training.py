@@ -17,14 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from voxflow_utils import (
-    FinalCheckpoint,
     is_rank_zero,
-    make_loggers,
+    make_trainer,
     merge_csv_logs,
     quiet_lightning,
     write_atomic,
@@ -126,38 +123,6 @@ def _differences(before: Any, after: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def build_trainer(
-    config: RunConfig, *, progress: bool, callbacks: Sequence[Any] = ()
-) -> pl.Trainer:
-    """A Lightning ``Trainer`` with the run's loggers, checkpoints and settings."""
-    run_dir = Path(config.run_dir)
-    loggers = make_loggers(config.logging.loggers, run_dir)
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="step-{step:07d}",
-        every_n_train_steps=config.checkpoint.every_n_steps,
-        save_top_k=config.checkpoint.keep,
-        monitor="step",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
-    settings = config.trainer.model_dump()
-    enable_progress_bar = settings.pop("enable_progress_bar") and progress
-    return pl.Trainer(
-        **settings,
-        default_root_dir=run_dir,
-        logger=loggers or False,
-        # tqdm rather than rich: rich prints "Epoch 3/-2" when only max_steps bounds the run.
-        callbacks=[checkpoints, FinalCheckpoint(), *callbacks]
-        + ([TQDMProgressBar()] if enable_progress_bar else [])
-        + ([LearningRateMonitor("step")] if loggers else []),
-        use_distributed_sampler=False,
-        enable_progress_bar=enable_progress_bar,
-        enable_model_summary=False,
-    )
-
-
 def train(
     config: RunConfig,
     *,
@@ -192,7 +157,15 @@ def train(
     seed_everything(config.seed, workers=True, verbose=False)
     data = build_data(config, progress=progress and is_rank_zero())
     module = SegmentationModule(config.model_dump(mode="json"), data.in_channels)
-    trainer = build_trainer(config, progress=progress, callbacks=callbacks)
+    trainer = make_trainer(
+        config.run_dir,
+        config.trainer,
+        loggers=config.logging.loggers,
+        checkpoint_every=config.checkpoint.every_n_steps,
+        checkpoints_kept=config.checkpoint.keep,
+        progress=progress,
+        callbacks=callbacks,
+    )
     write_run_files(config)
     if trainer.is_global_zero:
         say(start_summary(config, data, module, trainer, resumed_from=ckpt_path))

@@ -36,7 +36,13 @@ if TYPE_CHECKING:
         deep_supervision_weights,
     )
     from ._plots import plot_embedding_scatter, plot_preview, plot_training_curves, save_figure
-    from ._training import FinalCheckpoint, make_loggers, merge_csv_logs, quiet_lightning
+    from ._training import (
+        FinalCheckpoint,
+        make_loggers,
+        make_trainer,
+        merge_csv_logs,
+        quiet_lightning,
+    )
 
 __version__ = version("voxflow-utils")
 
@@ -53,6 +59,7 @@ _LAZY = {
     "save_figure": "._plots",
     "FinalCheckpoint": "._training",  # Lightning
     "make_loggers": "._training",
+    "make_trainer": "._training",
     "merge_csv_logs": "._training",
     "quiet_lightning": "._training",
 }
@@ -80,6 +87,7 @@ __all__ = [
     "is_rank_zero",
     "load_config",
     "make_loggers",
+    "make_trainer",
     "merge_csv_logs",
     "plot_embedding_scatter",
     "plot_preview",

@@ -1,5 +1,5 @@
-"""Pieces of a Lightning training run: loggers, the final checkpoint, merged CSV logs, quiet
-console.
+"""Pieces of a Lightning training run: the Trainer, loggers, the final checkpoint, merged CSV
+logs, quiet console.
 
 Imported on first use (``voxflow_utils.__getattr__``): it loads Lightning.
 """
@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger
 
 from ._errors import ConfigError
+from ._trainer_config import TrainerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -166,3 +167,62 @@ def merge_csv_logs(run_dir: str | os.PathLike[str]) -> Path | None:
     finally:
         temporary.unlink(missing_ok=True)
     return out
+
+
+def make_trainer(
+    run_dir: str | os.PathLike[str],
+    trainer: TrainerConfig,
+    *,
+    loggers: Sequence[str],
+    checkpoint_every: int,
+    checkpoints_kept: int,
+    progress: bool,
+    callbacks: Sequence[pl.Callback] = (),
+) -> pl.Trainer:
+    """A Lightning ``Trainer`` for a voxflow run directory.
+
+    ``run_dir/checkpoints`` gets ``step-<step>.ckpt`` every ``checkpoint_every`` optimiser
+    steps (the newest ``checkpoints_kept``; -1 keeps all) and ``last.ckpt``, overwritten at
+    every interval and at the end (:class:`FinalCheckpoint`), never versioned into a
+    ``last-v1.ckpt``. ``run_dir/logs`` gets the ``loggers`` (:func:`make_loggers`). The
+    applications' samplers shard batches across ranks themselves:
+    ``use_distributed_sampler=False``.
+
+    Args:
+        run_dir: The run directory.
+        trainer: The ``trainer.`` section of the run (passed to ``pl.Trainer``).
+        loggers: Logger names (``logging.loggers``).
+        checkpoint_every: Interval of step checkpoints, in optimiser steps.
+        checkpoints_kept: Step checkpoints kept.
+        progress: Show the progress bar (and ``trainer.enable_progress_bar``).
+        callbacks: Extra callbacks, after the checkpoints.
+    """
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+    run_dir = Path(run_dir)
+    made = make_loggers(loggers, run_dir)
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step-{step:07d}",
+        every_n_train_steps=checkpoint_every,
+        save_top_k=checkpoints_kept,
+        monitor="step",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    settings = trainer.model_dump()
+    enable_progress_bar = settings.pop("enable_progress_bar") and progress
+    return pl.Trainer(
+        **settings,
+        default_root_dir=run_dir,
+        logger=made or False,
+        # tqdm rather than rich: rich prints "Epoch 3/-2" when only max_steps bounds the run.
+        callbacks=[checkpoints, FinalCheckpoint(), *callbacks]
+        + ([TQDMProgressBar()] if enable_progress_bar else [])
+        + ([LearningRateMonitor("step")] if made else []),
+        use_distributed_sampler=False,
+        enable_progress_bar=enable_progress_bar,
+        enable_model_summary=False,
+    )
