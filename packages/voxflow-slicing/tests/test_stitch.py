@@ -8,13 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voxflow_slicing import (
-    GridError,
     SlicingError,
     StitchError,
     block_plan,
     grid_positions,
     importance_map,
-    iter_rank_blocks,
     sliding_window_predict,
 )
 
@@ -105,7 +103,7 @@ def test_zarr_output_chunks_written_once_and_ranks_split_blocks(tmp_path) -> Non
                 position_dependent,
                 (8, 8, 8),
                 output=output,
-                blocks=iter_rank_blocks(plan, num_replicas=2, rank=rank),
+                blocks=[plan.block(n) for n in plan.shard(num_replicas=2, rank=rank)],
             )
     finally:
         type(output).__setitem__ = original
@@ -116,7 +114,7 @@ def test_zarr_output_chunks_written_once_and_ranks_split_blocks(tmp_path) -> Non
 
 
 def test_predictor_with_wrong_output_shape() -> None:
-    with pytest.raises(SlicingError, match="predict returned shape"):
+    with pytest.raises(SlicingError, match=r"predictions of shape \(8, 1, 4, 2\) for 8 window"):
         sliding_window_predict(np.zeros((1, 8, 8)), lambda b: b[..., :2], (4, 4))
 
 
@@ -139,7 +137,7 @@ VOLUME = np.random.default_rng(3).random((1, 16, 12)).astype(np.float32)
     [
         (
             np.zeros((2, 16, 12), np.uint8),
-            r"output dtype uint8 is not floating: stitched predictions are weighted averages "
+            r"output dtype uint8 is not floating: blended predictions are weighted averages "
             r"\(a probability of 0\.7 would be stored as 0\)",
         ),
         (np.zeros((2, 16, 12), np.int32), "output dtype int32 is not floating"),
@@ -179,16 +177,18 @@ def test_blocks_need_an_output_and_must_come_from_this_plan() -> None:
     model = CountingModel()
     plan = block_plan((16, 12), (8, 8), (8, 4), overlap=0.5)
     with pytest.raises(StitchError, match="blocks= needs output=: without an output array"):
-        sliding_window_predict(VOLUME, model, (8, 8), blocks=plan[:2])
+        sliding_window_predict(VOLUME, model, (8, 8), blocks=[plan[0], plan[1]])
     output = np.zeros((2, 16, 12), np.float32)
     bigger = block_plan((32, 32), (8, 8), (8, 8), overlap=0.5)
     with pytest.raises(
-        StitchError, match=r"blocks\[0\]: region .* must lie inside the spatial shape \(16, 12\)"
+        StitchError,
+        match=r"blocks\[0\]: block 15 \(24:32, 24:32\) was cut for a volume of \(32, 32\) with "
+        r"patch \(8, 8\), not \(16, 12\) with patch \(8, 8\)",
     ):
-        sliding_window_predict(VOLUME, model, (8, 8), blocks=bigger[-1:], output=output)
-    with pytest.raises(StitchError, match=r"blocks\[\d\]: windows of patch \(4, 4\) leave voxels"):
+        sliding_window_predict(VOLUME, model, (8, 8), blocks=[bigger[-1]], output=output)
+    with pytest.raises(StitchError, match=r"blocks\[0\]: .* with patch \(8, 8\), not .* \(4, 4\)"):
         sliding_window_predict(VOLUME, model, (4, 4), blocks=plan, output=output)
-    with pytest.raises(StitchError, match=r"blocks\[0\] must be a Block from block_plan"):
+    with pytest.raises(StitchError, match=r"blocks\[0\] must be a Block of a BlockPlan"):
         sliding_window_predict(VOLUME, model, (8, 8), blocks=[(0, 8)], output=output)
     assert model.calls == 0
     for rank in range(3):  # more ranks than some rank has blocks: still the whole volume
@@ -197,7 +197,7 @@ def test_blocks_need_an_output_and_must_come_from_this_plan() -> None:
             model,
             (8, 8),
             output=output,
-            blocks=iter_rank_blocks(plan, num_replicas=3, rank=rank),
+            blocks=[plan.block(n) for n in plan.shard(num_replicas=3, rank=rank)],
         )
     np.testing.assert_allclose(
         output, sliding_window_predict(VOLUME, position_dependent, (8, 8)), rtol=1e-6, atol=1e-6
@@ -255,16 +255,22 @@ def test_blocks_need_an_output_and_must_come_from_this_plan() -> None:
             r"shape \(1, 16, 12\) must have one axis per patch axis",
         ),
         (
-            lambda: iter_rank_blocks([], num_replicas=2, rank=2),
+            lambda: block_plan((16, 12), (8, 8), (4, 4)).shard(num_replicas=2, rank=2),
             r"rank 2 must lie in \[0, num_replicas=2\)",
         ),
         (
-            lambda: iter_rank_blocks([], num_replicas=2.5, rank=0),
+            lambda: block_plan((16, 12), (8, 8), (4, 4)).shard(num_replicas=2.5, rank=0),
             r"num_replicas must be an integer, found 2\.5",
         ),
         (
-            lambda: iter_rank_blocks(iter([]), num_replicas=1, rank=0),
-            "plan must be a sequence of Block",
+            lambda: block_plan((16, 12), (8, 8), (4, 4), order="z"),
+            "order must be one of 'c', 'morton', found 'z'",
+        ),
+        (
+            lambda: sliding_window_predict(
+                VOLUME, position_dependent, (8, 8), argmax=True, threshold=0.5
+            ),
+            "either argmax=True or threshold",
         ),
         (lambda: importance_map((4, 4.5)), r"patch_size\[1\] must be an integer"),
     ],
@@ -274,21 +280,21 @@ def test_bad_stitching_parameters(call, message: str) -> None:
         call()
 
 
-def test_iter_rank_blocks_takes_ranks_by_keyword_only() -> None:
-    plan = block_plan((16, 12), (8, 8), (4, 4))
+def test_shards_are_disjoint_contiguous_runs_of_the_order() -> None:
+    plan = block_plan((16, 12), (8, 8), (4, 4), order="morton")
     with pytest.raises(TypeError, match="positional"):
-        iter_rank_blocks(plan, 2, 0)  # type: ignore[misc]
-    shares = [list(iter_rank_blocks(plan, num_replicas=4, rank=r)) for r in range(4)]
-    assert sorted(id(b) for s in shares for b in s) == sorted(id(b) for b in plan)
+        plan.shard(2, 0)  # type: ignore[misc]
+    shares = [plan.shard(num_replicas=4, rank=r) for r in range(4)]
+    assert [n for share in shares for n in share] == plan.numbers.tolist()
+    assert sorted(plan.numbers.tolist()) == list(range(len(plan)))
 
 
-def test_plan_size_is_checked_before_building() -> None:
-    with pytest.raises(
-        GridError,
-        match=r"block plan over \(2048, 2048, 2048\) with patch \(64, 64, 64\), stride "
-        r"\(64, 64, 64\) and block_shape \(1, 1, 1\): 8,589,934,592 blocks listing "
-        r"8,589,934,592 window starts would take about .* GiB, more than max_windows=50,000,000",
-    ):
-        block_plan((2048, 2048, 2048), (64, 64, 64), (1, 1, 1))
-    with pytest.raises(GridError, match="512 blocks listing 14,278,164,776 window starts"):
-        block_plan((2048, 2048, 2048), (64, 64, 64), (256, 256, 256), stride=1)
+def test_a_plan_over_a_terabyte_volume_is_geometry_only() -> None:
+    plan = block_plan((8192, 8192, 8192), (128, 128, 128), (256, 256, 256), overlap=0.5)
+    assert len(plan) == 32**3
+    assert plan.window_count == 127**3
+    assert plan.halo == (64, 64, 64)
+    block = plan.block(len(plan) - 1)
+    assert block.region == (slice(7936, 8192),) * 3
+    assert block.input_region == (slice(7872, 8192),) * 3
+    assert len(block.windows) == 4**3

@@ -6,6 +6,7 @@ zarr, dask, voxflow-io ``Volume``); depends on numpy and scipy only.
 
 from importlib.metadata import version
 
+from ._accumulate import Accumulator
 from ._errors import (
     BorderError,
     GridError,
@@ -22,7 +23,7 @@ from ._grid import axis_starts, grid_positions, grid_starts, resolve_stride
 from ._importance import importance_map, importance_profiles
 from ._index import VolumeSource, build_patch_index
 from ._patch_index import PatchIndex
-from ._plan import Block, block_plan, iter_rank_blocks
+from ._plan import Block, BlockPlan, block_plan
 from ._planes import axis_plane, plane_basis, plane_coordinates, plane_patch
 from ._protocol import ArrayLike
 from ._samplers import (
@@ -38,8 +39,10 @@ from ._stitch import predict_block, sliding_window_predict
 __version__ = version("voxflow-slicing")
 
 __all__ = [
+    "Accumulator",
     "ArrayLike",
     "Block",
+    "BlockPlan",
     "BorderError",
     "ForegroundOversampler",
     "GridError",
@@ -67,7 +70,6 @@ __all__ = [
     "grid_starts",
     "importance_map",
     "importance_profiles",
-    "iter_rank_blocks",
     "plane_basis",
     "plane_coordinates",
     "plane_patch",

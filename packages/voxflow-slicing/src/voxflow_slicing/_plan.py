@@ -1,39 +1,305 @@
 """Block plans: the output cut into independently predictable blocks, shared across ranks.
 
-Each block lists the windows of the global sliding-window grid that overlap it and the input
-region those windows read (the block plus its halo).
+A [BlockPlan][voxflow_slicing.BlockPlan] is a frozen description of the whole geometry (volume
+shape, patch, stride, block shape, halo, block order); its blocks are built on demand, so a plan
+over a terabyte volume costs one integer per block (its place in the order), not the window
+lists of every block. Each [Block][voxflow_slicing.Block] lists the windows of the global
+sliding-window grid that overlap it and the input region those windows read (the block plus its
+halo), and carries the patch and volume shape it was cut for.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from ._checks import DEFAULT_MAX_WINDOWS, as_int, as_int_tuple, format_bytes
+from ._checks import as_int, as_int_tuple, check_choice
 from ._errors import GridError, StitchError
-from ._grid import grid_spec, positions_from_starts
+from ._grid import axis_starts, grid_spec, positions_from_starts
 
 logger = logging.getLogger(__name__)
 
+BlockOrder = Literal["c", "morton"]
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class Block:
     """One independently predictable piece of the output.
 
     Attributes:
+        number: The block's C-order number in its plan's block grid (a stable id, e.g. for
+            recording finished blocks).
+        index: The block's coordinates in the block grid.
         region: Output region (spatial slices), aligned to the block grid.
-        windows: ``(K, D)`` int64 starts of the global windows that overlap ``region``.
-        input_region: Spatial slices of the input those windows read.
+        input_region: Spatial slices of the input that the block's windows read.
+        windows: ``(K, D)`` int64 starts of the global windows that overlap ``region``, the
+            cartesian product of per-axis starts, in C order.
+        patch: Window size the plan was cut for.
+        shape: Spatial shape of the volume the plan was cut for.
     """
 
+    number: int
+    index: tuple[int, ...]
     region: tuple[slice, ...]
-    windows: np.ndarray
     input_region: tuple[slice, ...]
+    windows: np.ndarray
+    patch: tuple[int, ...]
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        # Blocks from a BlockPlan are right by construction; these checks catch hand-made ones.
+        d = len(self.shape)
+        where = f"block {self.number}"
+        if len(self.patch) != d or any(
+            len(r) != d or any(not isinstance(s, slice) or s.step not in (None, 1) for s in r)
+            for r in (self.region, self.input_region)
+        ):
+            raise StitchError(
+                f"{where}: region {self.region}, input_region {self.input_region} and patch "
+                f"{self.patch} must each have one unit-step entry per axis of {self.shape}"
+            )
+        for name, region in (("region", self.region), ("input_region", self.input_region)):
+            if any(
+                not isinstance(s.start, int | np.integer)
+                or not isinstance(s.stop, int | np.integer)
+                or not 0 <= s.start < s.stop <= n
+                for s, n in zip(region, self.shape, strict=True)
+            ):
+                raise StitchError(
+                    f"{where}: {name} {region} must lie inside the spatial shape {self.shape} "
+                    f"and be non-empty"
+                )
+        windows = self.windows
+        if (
+            not isinstance(windows, np.ndarray)
+            or windows.dtype.kind not in "iu"
+            or windows.ndim != 2
+            or windows.shape[1] != d
+            or len(windows) == 0
+        ):
+            found = windows.shape if isinstance(windows, np.ndarray) else type(windows).__name__
+            raise StitchError(
+                f"{where}: windows must be a non-empty (K, {d}) integer array, found {found}"
+            )
+        low = np.array([s.start for s in self.input_region])
+        high = np.array([s.stop for s in self.input_region]) - np.array(self.patch)
+        if np.any((windows < low) | (windows > high)):
+            raise StitchError(
+                f"{where}: windows of patch {self.patch} reach outside its input_region "
+                f"{self.input_region}"
+            )
+        per_axis = [np.unique(windows[:, axis]) for axis in range(d)]
+        if len(windows) != math.prod(len(u) for u in per_axis):
+            raise StitchError(
+                f"{where}: windows must be the cartesian product of per-axis starts, found "
+                f"{len(windows)} windows over {[len(u) for u in per_axis]} starts per axis"
+            )
+        for axis, (starts, extent, p) in enumerate(
+            zip(per_axis, self.region, self.patch, strict=True)
+        ):
+            gap = np.any(starts[1:] > starts[:-1] + p)
+            if gap or starts[0] > extent.start or starts[-1] + p < extent.stop:
+                raise StitchError(
+                    f"{where}: windows of patch {self.patch} leave voxels of its region "
+                    f"{self.region} uncovered along axis {axis}"
+                )
+
+    @property
+    def region_shape(self) -> tuple[int, ...]:
+        """Spatial shape of ``region``."""
+        return tuple(r.stop - r.start for r in self.region)
+
+    def describe(self) -> str:
+        """``"block 3 (z 0:64, y 64:128, x 0:128)"`` for messages."""
+        where = ", ".join(f"{r.start}:{r.stop}" for r in self.region)
+        return f"block {self.number} ({where})"
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """The output of a sliding-window prediction cut into blocks aligned to ``block_shape``.
+
+    Build it with [block_plan][voxflow_slicing.block_plan]. The geometry is checked at
+    construction; blocks are made on demand (``plan[i]`` is the ``i``-th block in ``order``).
+
+    Attributes:
+        shape: Spatial shape of input and output.
+        patch: Window size.
+        stride: Step between window starts per axis (the last window of an axis is snapped to
+            the end, so every voxel is covered).
+        block_shape: Output block size (use the output's chunk shape or a multiple: every
+            block then writes whole chunks and concurrent writers never share one).
+        order: ``"c"`` (C order of the block grid) or ``"morton"`` (Z-order over block
+            coordinates: consecutive blocks are neighbours, so the input chunks a block's
+            halo shares with the next are still cached when it reads them).
+    """
+
+    shape: tuple[int, ...]
+    patch: tuple[int, ...]
+    stride: tuple[int, ...]
+    block_shape: tuple[int, ...]
+    order: BlockOrder = "c"
+    _starts: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
+    _sequence: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = as_int_tuple(self.shape, "shape", error=GridError, minimum=1)
+        d = len(shape)
+        patch = as_int_tuple(self.patch, "patch", error=GridError, length=d, minimum=1)
+        stride = as_int_tuple(self.stride, "stride", error=GridError, length=d, minimum=1)
+        blocks = as_int_tuple(self.block_shape, "block_shape", error=GridError, length=d, minimum=1)
+        check_choice(self.order, "order", ("c", "morton"), error=GridError)
+        if any(p > n for p, n in zip(patch, shape, strict=True)):
+            raise GridError(
+                f"patch {patch} is larger than the volume {shape} along an axis; pad the "
+                f"volume to at least the patch size"
+            )
+        if any(s > p for s, p in zip(stride, patch, strict=True)):
+            raise GridError(
+                f"stride {stride} is larger than patch {patch}: voxels between windows would "
+                f"receive no prediction"
+            )
+        starts = tuple(axis_starts(n, p, s) for n, p, s in zip(shape, patch, stride, strict=True))
+        for name, value in (
+            ("shape", shape),
+            ("patch", patch),
+            ("stride", stride),
+            ("block_shape", blocks),
+        ):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_starts", starts)
+        grid = tuple(math.ceil(n / b) for n, b in zip(shape, blocks, strict=True))
+        count = math.prod(grid)
+        sequence = np.arange(count, dtype=np.int64)
+        if self.order == "morton":
+            sequence = sequence[np.argsort(_morton_codes(grid), kind="stable")]
+        object.__setattr__(self, "_sequence", sequence)
+        logger.debug(
+            "block plan: %d blocks of %s over %s (patch %s, stride %s, %s order)",
+            count,
+            blocks,
+            shape,
+            patch,
+            stride,
+            self.order,
+        )
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of blocks along each axis."""
+        return tuple(math.ceil(n / b) for n, b in zip(self.shape, self.block_shape, strict=True))
+
+    @property
+    def overlap(self) -> tuple[float, ...]:
+        """Window overlap fraction per axis, ``1 - stride / patch``."""
+        return tuple(1 - s / p for s, p in zip(self.stride, self.patch, strict=True))
+
+    @property
+    def halo(self) -> tuple[int, ...]:
+        """Per axis, the most input voxels any block reads beyond its region on one side."""
+        result = []
+        for n, b, p, starts in zip(
+            self.shape, self.block_shape, self.patch, self._starts, strict=True
+        ):
+            corners = np.arange(0, n, b)
+            lows = starts[np.searchsorted(starts + p, corners, side="right")]
+            highs = starts[np.searchsorted(starts, np.minimum(corners + b, n), side="left") - 1]
+            ends = np.minimum(corners + b, n)
+            result.append(int(max(np.max(corners - lows), np.max(highs + p - ends))))
+        return tuple(result)
+
+    @property
+    def window_count(self) -> int:
+        """Windows of the global grid (each is predicted once per block it overlaps)."""
+        return math.prod(len(s) for s in self._starts)
+
+    def __len__(self) -> int:
+        return len(self._sequence)
+
+    def __iter__(self) -> Iterator[Block]:
+        return (self.block(int(n)) for n in self._sequence)
+
+    def __getitem__(self, position: int) -> Block:
+        """The block at ``position`` in the plan's order."""
+        place = as_int(position, "position", error=StitchError)
+        if not -len(self) <= place < len(self):
+            raise StitchError(f"block position {place} outside a plan of {len(self)} blocks")
+        return self.block(int(self._sequence[place]))
+
+    @property
+    def numbers(self) -> np.ndarray:
+        """``(N,)`` int64 block numbers (C order ids) in the plan's order."""
+        return self._sequence.copy()
+
+    def block(self, number: int) -> Block:
+        """The block with C-order number ``number``.
+
+        Raises:
+            StitchError: A number outside ``[0, len(plan))``.
+        """
+        value = as_int(number, "number", error=StitchError)
+        if not 0 <= value < len(self):
+            raise StitchError(f"block number {value} outside a plan of {len(self)} blocks")
+        index = tuple(int(i) for i in np.unravel_index(value, self.grid))
+        region, per_axis = [], []
+        for k, n, b, p, starts in zip(
+            index, self.shape, self.block_shape, self.patch, self._starts, strict=True
+        ):
+            lo, hi = k * b, min((k + 1) * b, n)
+            region.append(slice(lo, hi))
+            first = int(np.searchsorted(starts + p, lo, side="right"))
+            last = int(np.searchsorted(starts, hi, side="left"))
+            per_axis.append(starts[first:last])
+        input_region = tuple(
+            slice(int(a[0]), int(a[-1]) + p) for a, p in zip(per_axis, self.patch, strict=True)
+        )
+        return Block(
+            value,
+            index,
+            tuple(region),
+            input_region,
+            positions_from_starts(per_axis),
+            self.patch,
+            self.shape,
+        )
+
+    def shard(self, *, num_replicas: int, rank: int) -> list[int]:
+        """This rank's disjoint share of the plan: block numbers, a contiguous run of the
+        plan's order (with ``order="morton"`` a compact region, so its reads stay local).
+
+        Args:
+            num_replicas: Number of ranks (world size), an integer >= 1.
+            rank: This rank, in ``[0, num_replicas)``.
+
+        Raises:
+            StitchError: Ranks that are not integers in range.
+        """
+        replicas = as_int(num_replicas, "num_replicas", error=StitchError, minimum=1)
+        mine = as_int(rank, "rank", error=StitchError, minimum=0)
+        if mine >= replicas:
+            raise StitchError(f"rank {mine} must lie in [0, num_replicas={replicas})")
+        n = len(self)
+        return [int(b) for b in self._sequence[n * mine // replicas : n * (mine + 1) // replicas]]
+
+
+def _morton_codes(grid: tuple[int, ...]) -> np.ndarray:
+    """Z-order codes of every cell of ``grid`` (C order): the bits of the coordinates
+    interleaved, so cells close in the code are close in space."""
+    coords = np.indices(grid, dtype=np.uint64).reshape(len(grid), -1)
+    bits = max(1, max(int(g - 1).bit_length() for g in grid))
+    codes = np.zeros(coords.shape[1], np.uint64)
+    d = len(grid)
+    for bit in range(bits):
+        for axis in range(d):
+            codes |= ((coords[axis] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(
+                bit * d + (d - 1 - axis)
+            )
+    return codes
 
 
 def block_plan(
@@ -43,152 +309,50 @@ def block_plan(
     *,
     stride: int | Sequence[int] | None = None,
     overlap: float | Sequence[float] | None = None,
-    max_windows: int = DEFAULT_MAX_WINDOWS,
-) -> list[Block]:
-    """Cut the spatial ``shape`` into blocks and list each block's windows and input region.
+    order: BlockOrder = "c",
+) -> BlockPlan:
+    """Cut the spatial ``shape`` into blocks of ``block_shape`` for sliding-window prediction.
 
     Args:
         shape: Spatial shape of input and output.
-        patch_size: Window size.
+        patch_size: Window size, one entry per axis of ``shape``.
         block_shape: Output block size; use (multiples of) the output's chunk shape so that
             every block writes whole chunks and concurrent writers never share one.
         stride: Step between windows (int or per axis), as in
             [grid_positions][voxflow_slicing.grid_positions]; default: the patch size.
         overlap: Alternative to ``stride``: overlap fraction in ``[0, 1)``.
-        max_windows: Refuse plans whose blocks together list more window starts (or that
-            have more blocks) than this, before building them (default 50 million).
+        order: Block order, ``"c"`` or ``"morton"`` (see [BlockPlan][voxflow_slicing.BlockPlan]).
 
     Returns:
-        Blocks in C order of the block grid.
+        The [BlockPlan][voxflow_slicing.BlockPlan].
 
     Raises:
-        GridError: Invalid shape, patch, block shape, stride or overlap, or a plan beyond
-            ``max_windows`` (the message says how many blocks and windows).
+        GridError: Invalid shape, patch (larger than the shape), block shape, stride, overlap
+            or order.
     """
-    spec = grid_spec(shape, patch_size, stride=stride, overlap=overlap)
-    spatial, patch = spec.spatial, spec.patch
-    if len(spatial) != len(as_int_tuple(shape, "shape", error=GridError)):
+    full = as_int_tuple(shape, "shape", error=GridError)
+    patch = as_int_tuple(patch_size, "patch_size", error=GridError, minimum=1)
+    if len(patch) != len(full):
         raise GridError(
-            f"shape {tuple(shape)} must have one axis per patch axis {patch} (spatial axes only)"
+            f"shape {full} must have one axis per patch axis {patch} (spatial axes only)"
         )
-    blocks = as_int_tuple(
-        block_shape, "block_shape", error=GridError, length=len(spatial), minimum=1
-    )
-    limit = as_int(max_windows, "max_windows", error=GridError, minimum=1)
-    # Per axis: the blocks' corners and, for each, the range of window starts that overlap it.
-    axes = []
-    for n, b, p, starts in zip(spatial, blocks, patch, spec.starts(), strict=True):
-        corners = np.arange(0, n, b, dtype=np.int64)
-        first = np.searchsorted(starts + p, corners, side="right")
-        last = np.searchsorted(starts, np.minimum(corners + b, n), side="left")
-        axes.append((corners, first, last, starts))
-    block_count = math.prod(len(a[0]) for a in axes)
-    entries = math.prod(int(np.sum(a[2] - a[1])) for a in axes)
-    if block_count > limit or entries > limit:
-        raise GridError(
-            f"block plan over {spatial} with patch {patch}, stride {spec.strides} and "
-            f"block_shape {blocks}: {block_count:,} blocks listing {entries:,} window starts "
-            f"would take about {format_bytes(entries * 8 * len(spatial) + block_count * 600)}, "
-            f"more than max_windows={limit:,}; use larger blocks (the output's chunk shape or "
-            f"a multiple) or a larger stride, or pass a larger max_windows"
-        )
-    plan = []
-    for numbers in itertools.product(*[range(len(a[0])) for a in axes]):
-        region = []
-        per_axis = []
-        for k, (corners, first, last, starts), b, n in zip(
-            numbers, axes, blocks, spatial, strict=True
-        ):
-            corner = int(corners[k])
-            region.append(slice(corner, min(corner + b, n)))
-            per_axis.append(starts[first[k] : last[k]])
-        windows = positions_from_starts(per_axis)
-        input_region = tuple(
-            slice(int(a[0]), int(a[-1]) + p) for a, p in zip(per_axis, patch, strict=True)
-        )
-        plan.append(Block(tuple(region), windows, input_region))
-    logger.debug("block plan: %d blocks of %s over %s", len(plan), blocks, spatial)
-    return plan
+    spec = grid_spec(full, patch, stride=stride, overlap=overlap)
+    blocks = as_int_tuple(block_shape, "block_shape", error=GridError, length=len(full), minimum=1)
+    return BlockPlan(spec.spatial, spec.patch, spec.strides, blocks, order)
 
 
 def check_block(
-    block: object, spatial: tuple[int, ...], patch: tuple[int, ...], where: str
+    block: object, plan_shape: tuple[int, ...], patch: tuple[int, ...], where: str
 ) -> Block:
-    """Refuse a block that does not belong to a plan over ``spatial`` with this patch."""
+    """Refuse a block that was not cut from a plan over ``plan_shape`` with this ``patch``."""
     if not isinstance(block, Block):
-        raise StitchError(f"{where} must be a Block from block_plan, found {type(block).__name__}")
-    d = len(spatial)
-    regions = (block.region, block.input_region)
-    if any(
-        len(r) != d or any(not isinstance(s, slice) or s.step not in (None, 1) for s in r)
-        for r in regions
-    ):
         raise StitchError(
-            f"{where}: region {block.region} and input_region {block.input_region} must be "
-            f"{d} unit-step slices (one per spatial axis of {spatial})"
+            f"{where} must be a Block of a BlockPlan (from block_plan), found "
+            f"{type(block).__name__}"
         )
-    for name, region in (("region", block.region), ("input_region", block.input_region)):
-        if any(
-            not isinstance(s.start, int | np.integer)
-            or not isinstance(s.stop, int | np.integer)
-            or not 0 <= s.start < s.stop <= n
-            for s, n in zip(region, spatial, strict=True)
-        ):
-            raise StitchError(
-                f"{where}: {name} {region} must lie inside the spatial shape {spatial} and be "
-                f"non-empty (is the block from a plan over another shape?)"
-            )
-    windows = block.windows
-    if (
-        not isinstance(windows, np.ndarray)
-        or windows.dtype.kind not in "iu"
-        or windows.ndim != 2
-        or windows.shape[1] != d
-        or len(windows) == 0
-    ):
-        found = windows.shape if isinstance(windows, np.ndarray) else type(windows).__name__
+    if block.shape != plan_shape or block.patch != patch:
         raise StitchError(
-            f"{where}: windows must be a non-empty (K, {d}) integer array, found {found}"
+            f"{where}: {block.describe()} was cut for a volume of {block.shape} with patch "
+            f"{block.patch}, not {plan_shape} with patch {patch}"
         )
-    low = np.array([s.start for s in block.input_region])
-    high = np.array([s.stop for s in block.input_region]) - np.array(patch)
-    if np.any((windows < low) | (windows > high)):
-        raise StitchError(
-            f"{where}: windows of patch {patch} reach outside its input_region "
-            f"{block.input_region} (is the block from a plan with another patch size?)"
-        )
-    per_axis = [np.unique(windows[:, axis]) for axis in range(d)]
-    if len(windows) != math.prod(len(u) for u in per_axis):
-        raise StitchError(
-            f"{where}: windows must be the cartesian product of per-axis starts, as "
-            f"block_plan makes them; found {len(windows)} windows over "
-            f"{[len(u) for u in per_axis]} starts per axis"
-        )
-    for axis, (starts, extent, p) in enumerate(zip(per_axis, block.region, patch, strict=True)):
-        gap = np.any(starts[1:] > starts[:-1] + p)
-        if gap or starts[0] > extent.start or starts[-1] + p < extent.stop:
-            raise StitchError(
-                f"{where}: windows of patch {patch} leave voxels of its region {block.region} "
-                f"uncovered along axis {axis} (is the block from a plan with another patch?)"
-            )
     return block
-
-
-def iter_rank_blocks(plan: Sequence[Block], *, num_replicas: int, rank: int) -> Iterator[Block]:
-    """This rank's disjoint share of a block plan (round robin).
-
-    Args:
-        plan: Blocks from [block_plan][voxflow_slicing.block_plan].
-        num_replicas: Number of ranks (world size), an integer >= 1.
-        rank: This rank, in ``[0, num_replicas)``.
-
-    Raises:
-        StitchError: ``plan`` is not a sequence, or the ranks are not integers in range.
-    """
-    replicas = as_int(num_replicas, "num_replicas", error=StitchError, minimum=1)
-    mine = as_int(rank, "rank", error=StitchError, minimum=0)
-    if mine >= replicas:
-        raise StitchError(f"rank {mine} must lie in [0, num_replicas={replicas})")
-    if not isinstance(plan, Sequence):
-        raise StitchError(f"plan must be a sequence of Block, found {type(plan).__name__}")
-    return iter(plan[mine::replicas])
