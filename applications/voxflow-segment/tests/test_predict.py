@@ -33,7 +33,7 @@ import torch
 import zarr
 from monai.inferers import sliding_window_inference
 
-from voxflow_io import create_ome_zarr
+from voxflow_io import IncompleteStoreError, create_ome_zarr, open_volume
 from voxflow_segment.config import RunConfig
 from voxflow_segment.errors import CheckpointError, DataError, OutputExistsError, SegmentError
 from voxflow_segment.prediction import load_model, predict
@@ -283,7 +283,7 @@ def constant_probabilities(trained: Trained, image: Input, outputs: Path) -> Pat
         blend="constant",
         tta=1,
         overlap=0.5,
-        device="cpu",
+        accelerator="cpu",
         progress=False,
     )
     return out
@@ -292,7 +292,9 @@ def constant_probabilities(trained: Trained, image: Input, outputs: Path) -> Pat
 @pytest.fixture(scope="module")
 def gaussian_probabilities(trained: Trained, image: Input, outputs: Path) -> Path:
     out = outputs / "gaussian.ome.zarr"
-    predict(trained.checkpoint, image.path, out, probabilities=True, device="cpu", progress=False)
+    predict(
+        trained.checkpoint, image.path, out, probabilities=True, accelerator="cpu", progress=False
+    )
     return out
 
 
@@ -300,7 +302,7 @@ def gaussian_probabilities(trained: Trained, image: Input, outputs: Path) -> Pat
 def labels_output(trained: Trained, image: Input, outputs: Path) -> Path:
     """The default output: labels, Gaussian blend, no TTA."""
     out = outputs / "labels.ome.zarr"
-    predict(trained.checkpoint, image.path, out, device="cpu", progress=False)
+    predict(trained.checkpoint, image.path, out, accelerator="cpu", progress=False)
     return out
 
 
@@ -325,10 +327,10 @@ def test_flip_tta_equals_monai_with_flipped_windows(
         probabilities=True,
         blend="constant",
         tta=8,
-        device="cpu",
+        accelerator="cpu",
         progress=False,
     )
-    assert result.output == out
+    assert result.output == str(out)
     every_flip = [f for n in range(4) for f in itertools.combinations(range(3), n)]
     assert len(every_flip) == 8
     reference = monai_probabilities(network, normalized, every_flip, mode="constant")
@@ -354,7 +356,7 @@ def test_flip_tta_equals_monai_on_flipped_volumes_where_the_grid_is_symmetric(
         probabilities=True,
         blend="constant",
         tta=4,
-        device="cpu",
+        accelerator="cpu",
         progress=False,
     )
     # The first four flip combinations: none, x, y, z.
@@ -391,7 +393,7 @@ def test_hann_probabilities_equal_monai_with_hann_weights(
     trained: Trained, image: Input, network: torch.nn.Module, normalized: np.ndarray, tmp_path: Path
 ) -> None:
     out = tmp_path / "hann.ome.zarr"
-    options: dict[str, Any] = {"device": "cpu", "progress": False}
+    options: dict[str, Any] = {"accelerator": "cpu", "progress": False}
     predict(trained.checkpoint, image.path, out, probabilities=True, blend="hann", **options)
     reference = monai_probabilities(network, normalized, mode="hann")
     np.testing.assert_allclose(read_level0(out).astype(np.float32), reference, atol=ATOL, rtol=0)
@@ -428,7 +430,7 @@ def test_channel_axis_of_size_one_predicts_the_same(
         out,
         probabilities=True,
         blend="constant",
-        device="cpu",
+        accelerator="cpu",
         progress=False,
     )
     np.testing.assert_array_equal(read_level0(out), read_level0(constant_probabilities))
@@ -511,7 +513,7 @@ def test_2d_networks_equal_monai_with_flip_tta(
             tmp_path / "in.ome.zarr", data, "yx", chunks=(16, 16), voxel_size=VOXEL_SIZE[1:]
         )
     out = tmp_path / "out.ome.zarr"
-    options: dict[str, Any] = {"blend": "constant", "device": "cpu", "progress": False}
+    options: dict[str, Any] = {"blend": "constant", "accelerator": "cpu", "progress": False}
     predict(checkpoint, source, out, probabilities=True, tta=2, **options)
     network = load_model(checkpoint).network
     reference = monai_2d(network, normalize_by_hand(checkpoint, data), [(), (1,)], plane=plane)
@@ -582,42 +584,36 @@ def test_probabilities_output_is_valid_ome_zarr_with_named_channels(
     assert voxflow["blend"] == "constant"
 
 
-def test_image_name_is_the_output_name_not_the_partial_store(labels_output: Path) -> None:
+def test_image_name_is_the_output_name(labels_output: Path) -> None:
     assert validated(labels_output).name == labels_output.name
 
 
-# --------------------------------------------------------------------------- atomic output
-def spy_on_blocks(
-    monkeypatch: pytest.MonkeyPatch, output: Path, fail_at: int | None = None
-) -> list[tuple[bool, bool]]:
-    """Record (output exists, partial exists) before each block; raise at block ``fail_at``."""
-    partial = output.with_name(f".{output.name}.partial")
-    seen: list[tuple[bool, bool]] = []
-    original = predict_module.predict_block
-
-    def spy(*args: Any, **kwargs: Any) -> np.ndarray:
-        seen.append((output.exists(), partial.exists()))
-        if fail_at is not None and len(seen) == fail_at:
-            raise RuntimeError("stopped by the test")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(predict_module, "predict_block", spy)
-    return seen
-
-
-def test_output_appears_only_when_complete(
+# --------------------------------------------------------------------------- output lifecycle
+def test_output_reads_as_unfinished_until_every_block_is_written(
     trained: Trained, image: Input, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = tmp_path / "outputs"
-    folder.mkdir()
-    out = folder / "out.ome.zarr"
-    seen = spy_on_blocks(monkeypatch, out)
+    out = tmp_path / "out.ome.zarr"
+    seen: list[str] = []
+    original = predict_module.DoneRecord.mark
+
+    def spy(self: Any, number: int) -> None:
+        with pytest.raises(IncompleteStoreError):
+            open_volume(out)
+        seen.append("refused")
+        original(self, number)
+
+    monkeypatch.setattr(predict_module.DoneRecord, "mark", spy)
     result = predict(
-        trained.checkpoint, image.path, out, device="cpu", progress=False, block_shape=(16, 16, 16)
+        trained.checkpoint,
+        image.path,
+        out,
+        accelerator="cpu",
+        progress=False,
+        block_shape=(16, 16, 16),
     )
     assert len(seen) == result.blocks > 1
-    assert seen == [(False, True)] * result.blocks
-    assert sorted(p.name for p in folder.iterdir()) == ["out.ome.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ome.zarr"]
+    assert "voxflow_predict_done" not in zarr.open_group(str(out), mode="r")
     validated(out)
 
 
@@ -630,33 +626,12 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(
     with pytest.raises(
         OutputExistsError, match=rf"{re.escape(str(out))}: exists; pass overwrite=True"
     ):
-        predict(trained.checkpoint, image.path, out, device="cpu", progress=False)
+        predict(trained.checkpoint, image.path, out, accelerator="cpu", progress=False)
     assert (out / "marker").read_text() == "old"
-    predict(trained.checkpoint, image.path, out, overwrite=True, device="cpu", progress=False)
+    predict(trained.checkpoint, image.path, out, overwrite=True, accelerator="cpu", progress=False)
     assert not (out / "marker").exists()
     np.testing.assert_array_equal(read_level0(out), read_level0(labels_output))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ome.zarr"]
-
-
-def test_failed_overwrite_keeps_the_previous_output(
-    trained: Trained, image: Input, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = tmp_path / "out.ome.zarr"
-    out.mkdir()
-    (out / "marker").write_text("old")
-    seen = spy_on_blocks(monkeypatch, out, fail_at=2)
-    with pytest.raises(RuntimeError, match="stopped by the test"):
-        predict(
-            trained.checkpoint,
-            image.path,
-            out,
-            overwrite=True,
-            device="cpu",
-            progress=False,
-            block_shape=(16, 16, 16),
-        )
-    assert seen == [(True, True)] * 2
-    assert (out / "marker").read_text() == "old"
 
 
 def test_overwrite_replaces_a_file_at_the_output_path(
@@ -664,7 +639,7 @@ def test_overwrite_replaces_a_file_at_the_output_path(
 ) -> None:
     out = tmp_path / "out.ome.zarr"
     out.write_text("not an image")
-    predict(trained.checkpoint, image.path, out, overwrite=True, device="cpu", progress=False)
+    predict(trained.checkpoint, image.path, out, overwrite=True, accelerator="cpu", progress=False)
     validated(out)
 
 
@@ -698,7 +673,7 @@ def test_checkpoint_of_another_model_config_is_refused(
             image.path,
             out,
             expected=other_filters(trained.config),
-            device="cpu",
+            accelerator="cpu",
             progress=False,
         )
     assert list(tmp_path.iterdir()) == []
@@ -759,14 +734,14 @@ def test_bad_checkpoint_is_a_checkpoint_error_naming_the_file(
     checkpoint = write_bad_checkpoint(kind, trained, tmp_path)
     out = tmp_path / "out.ome.zarr"
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(checkpoint))}: {message}"):
-        predict(checkpoint, image.path, out, device="cpu", progress=False)
+        predict(checkpoint, image.path, out, accelerator="cpu", progress=False)
     assert not out.exists()
 
 
 def test_missing_checkpoint(image: Input, tmp_path: Path) -> None:
     missing = tmp_path / "missing.ckpt"
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(missing))}: checkpoint not found"):
-        predict(missing, image.path, tmp_path / "out.ome.zarr", device="cpu", progress=False)
+        predict(missing, image.path, tmp_path / "out.ome.zarr", accelerator="cpu", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -827,7 +802,14 @@ def non_finite(image: Input, folder: Path) -> Path:
             DataError,
             r"nan.ome.zarr: the region z 0:24, y 0:40, x 0:36 holds NaN or infinite intensities",
         ),
-        (None, {"device": "bogus"}, SegmentError, r"device 'bogus' is not a torch device name"),
+        (
+            None,
+            {"accelerator": "bogus"},
+            SegmentError,
+            r"accelerator must be 'auto', 'cpu', 'gpu' or 'cuda', found 'bogus'",
+        ),
+        (None, {"devices": 0}, DataError, r"devices must be an integer >= 1, found 0"),
+        (None, {"precision": "8"}, DataError, r"precision must be '32', 'bf16' or '16', found '8'"),
     ],
 )
 def test_bad_input_is_refused_with_its_message(
@@ -842,15 +824,23 @@ def test_bad_input_is_refused_with_its_message(
     source = image.path if make_input is None else make_input(image, tmp_path)
     out = tmp_path / "out" / "out.ome.zarr"
     with pytest.raises(error, match=message):
-        predict(trained.checkpoint, source, out, progress=False, **{"device": "cpu", **options})
-    assert not out.exists()
+        predict(
+            trained.checkpoint, source, out, progress=False, **{"accelerator": "cpu", **options}
+        )
+    if out.exists():  # refused mid-way: left as an unfinished store that readers refuse
+        with pytest.raises(IncompleteStoreError):
+            open_volume(out)
 
 
 def test_missing_input(trained: Trained, tmp_path: Path) -> None:
     missing = tmp_path / "missing.ome.zarr"
     with pytest.raises(DataError, match=rf"{re.escape(str(missing))}: image not found"):
         predict(
-            trained.checkpoint, missing, tmp_path / "out.ome.zarr", device="cpu", progress=False
+            trained.checkpoint,
+            missing,
+            tmp_path / "out.ome.zarr",
+            accelerator="cpu",
+            progress=False,
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -874,7 +864,7 @@ def test_cli_predicts_with_flip_tta(
         "--tta", "2",
         "--probabilities",
         "--blend", "constant",
-        "--device", "cpu",
+        "--accelerator", "cpu",
         "--no-progress",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr

@@ -8,6 +8,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -103,6 +104,16 @@ def _overrides(overrides: Sequence[str]) -> list[str]:
     return out
 
 
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, found {type(value).__name__}")
+    return value
+
+
 def _predict(args: argparse.Namespace) -> None:
     _setup_logging()
     from .config import load_run_config
@@ -120,15 +131,26 @@ def _predict(args: argparse.Namespace) -> None:
         overlap=args.overlap,
         blend=args.blend,
         block_shape=args.block_shape,
-        device=args.device,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        precision=args.precision,
         level=args.level,
+        mask=args.mask,
+        storage_options=args.storage_options,
+        cache_bytes=args.cache_mb << 20,
         expected=expected,
         progress=not args.no_progress,
     )
+    if result.rank != 0:
+        return  # one summary per run
     _say(
-        f"voxflow-segment predict: {result.output} ({'x'.join(map(str, result.shape))}, "
-        f"{result.blocks} blocks, {result.windows} windows x {args.tta} flips) in "
-        f"{result.seconds:.1f} s"
+        f"voxflow-segment predict: {result.output} ({'x'.join(map(str, result.shape))}) in "
+        f"{result.seconds:.1f} s on {result.world_size} process(es)\n"
+        f"  blocks      {result.blocks}: {result.predicted} predicted, {result.empty} empty "
+        f"(written as 0), {result.resumed} finished by an earlier run\n"
+        f"  windows     {result.windows} x {args.tta} flip(s)\n"
+        f"  input read  {result.read_amplification:.2f}x its size (chunks decoded / bytes needed)"
     )
 
 
@@ -223,11 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
         "optional flip TTA; normalisation comes from the checkpoint.",
     )
     predict.add_argument("--checkpoint", required=True, type=Path)
-    predict.add_argument("--input", required=True, type=Path, help="image to predict")
-    predict.add_argument("--output", required=True, type=Path, help="OME-Zarr to write")
+    predict.add_argument("--input", required=True, help="image to predict (path or URL)")
+    predict.add_argument(
+        "--output", required=True, help="OME-Zarr to write (path or URL: s3://, gs://)"
+    )
     predict.add_argument("--tta", type=int, default=1, help="flip combinations (1-8 in 3D)")
     predict.add_argument("--probabilities", action="store_true", help="write float16 probabilities")
-    predict.add_argument("--overwrite", action="store_true")
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (without it, an unfinished one of the same run resumes)",
+    )
     predict.add_argument(
         "--batch-size",
         type=int,
@@ -247,8 +275,28 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="spatial block = output chunk shape (default: >= 2 patches and 128 voxels per axis)",
     )
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    predict.add_argument(
+        "--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"], help="where"
+    )
+    predict.add_argument(
+        "--devices", type=int, default=1, help="processes per node (one per GPU; > 1 runs DDP)"
+    )
+    predict.add_argument("--num-nodes", type=int, default=1, help="nodes of a DDP run")
+    predict.add_argument(
+        "--precision", default="32", choices=["32", "bf16", "16"], help="forward-pass precision"
+    )
     predict.add_argument("--level", type=int, default=0, help="pyramid level of the input")
+    predict.add_argument(
+        "--mask", help="skip blocks where this mask (path or URL, full or integer-downsampled) is 0"
+    )
+    predict.add_argument(
+        "--storage-options",
+        type=_json_object,
+        help='fsspec options for URLs as JSON, e.g. \'{"endpoint_url": "http://host:9000"}\'',
+    )
+    predict.add_argument(
+        "--cache-mb", type=int, default=512, help="decoded input chunks kept per process (MiB)"
+    )
     predict.add_argument("--config", type=Path, help="refuse a checkpoint of another model config")
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(run=_predict)

@@ -25,3 +25,8 @@ class CheckpointError(SegmentError):
 
 class OutputExistsError(SegmentError, FileExistsError):
     """An output path exists and overwriting was not asked for."""
+
+
+class PredictResumeError(SegmentError):
+    """An unfinished prediction in the output belongs to another run (checkpoint, input or
+    options differ), or its records are damaged."""

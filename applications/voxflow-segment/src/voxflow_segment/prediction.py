@@ -1,39 +1,51 @@
 """``predict``: sliding windows over any input size, block by block, into an OME-Zarr.
 
-The output is cut into blocks aligned to its chunks (voxflow-slicing's block plan); each block
-reads only its input region (block plus halo), runs the model on batches of windows with
-optional flip test-time augmentation, blends the windows' class probabilities with Gaussian
-weights and writes whole chunks. Memory is bounded by one block, never the volume. The
-normalisation, the model and its classes come from the checkpoint alone.
+The output is cut into blocks aligned to its chunks (voxflow-slicing's block plan, in Morton
+order); each block reads only its input region (block plus halo, through a bounded cache of
+input chunks), runs the model on batches of windows with optional flip test-time augmentation,
+blends the windows' class probabilities on the model's device and writes whole chunks.
+Processes of a DDP run take disjoint runs of blocks and write them straight to the output;
+finished blocks are recorded so that a killed run resumes (see ``predict_output``). Memory is
+bounded by one block and the cache, never the volume. The normalisation, the model and its
+classes come from the checkpoint alone.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
-import shutil
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from pydantic import ValidationError
 
-from voxflow_io import create_ome_zarr
-from voxflow_slicing import GridError, block_plan, importance_profiles, predict_block
+from voxflow_io import OmeZarrWriter, create_ome_zarr
+from voxflow_slicing import Accumulator, Block, ChunkCache, GridError, block_plan
 from voxflow_transforms import RandFlip
+from voxflow_utils import quiet_lightning
 
 from .config import RunConfig
-from .errors import CheckpointError, DataError, OutputExistsError
+from .errors import CheckpointError, DataError
 from .module import build_network
 from .normalize import build_normalizer
-from .volumes import open_image
+from .predict_output import (
+    DoneRecord,
+    file_digest,
+    finish_output,
+    inspect_output,
+    raise_refusal,
+    remove_existing,
+    start_records,
+)
+from .volumes import ChannelFirst, SpatialOnly, open_image, open_mask, read_mask
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +187,39 @@ def parse_device(device: str | torch.device) -> torch.device:
 
 @dataclass
 class PredictResult:
-    output: Path
+    """What one ``predict`` call did (summed over every rank).
+
+    Attributes:
+        output: Where the OME-Zarr is (path or URL).
+        shape: Its level-0 shape.
+        blocks: Blocks in the plan.
+        predicted: Blocks this call predicted.
+        empty: Blocks skipped because their input was all zero or outside the mask (written
+            as the fill value 0).
+        resumed: Blocks found finished by an earlier, interrupted call.
+        windows: Windows predicted (times ``tta`` forward passes each).
+        seconds: Wall time.
+        read_amplification: Input bytes decoded / input bytes read by this call's blocks'
+            input regions at least once (1.0 is ideal; halos read twice push it up).
+        world_size: Processes that predicted.
+        rank: This process's rank (0 in a single-process run).
+    """
+
+    output: str
     shape: tuple[int, ...]
     blocks: int
+    predicted: int
+    empty: int
+    resumed: int
     windows: int
     seconds: float
+    read_amplification: float
+    world_size: int
+    rank: int
+
+
+DEFAULT_CACHE_BYTES = 512 << 20
+"""Input chunk cache per process (see :func:`predict`)."""
 
 
 def predict(
@@ -194,63 +234,85 @@ def predict(
     overlap: float = 0.5,
     blend: str = "gaussian",
     block_shape: Sequence[int] | None = None,
-    device: str = "auto",
+    accelerator: str = "auto",
+    devices: int = 1,
+    num_nodes: int = 1,
+    precision: str = "32",
     level: int = 0,
+    mask: str | os.PathLike[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
     expected: RunConfig | None = None,
     progress: bool = True,
 ) -> PredictResult:
     """Predict ``input_path`` with a checkpoint and write an OME-Zarr to ``output``.
 
+    The output is cut into blocks aligned to its chunks, visited in Morton order (neighbours
+    in turn, so input chunks under a halo are decoded once and kept in a bounded cache). Each
+    block's windows are predicted and blended on the model's device and written straight to
+    the output; no process holds more than a few blocks. With ``devices`` > 1 (or several
+    nodes) each process takes a disjoint, contiguous run of that order; there is no merge
+    pass. Finished blocks are recorded in the output: a killed run started again with the same
+    arguments skips them and ends with the same bytes as an uninterrupted run.
+
     Args:
-        checkpoint: A voxflow-segment checkpoint.
-        input_path: Any image voxflow-io opens, with the channels the model was trained on.
-        output: The OME-Zarr to write (NGFF 0.5). It appears only when complete: blocks are
-            written into a hidden ``.<name>.partial`` store that is renamed at the end.
+        checkpoint: A voxflow-segment checkpoint (local file).
+        input_path: Any image voxflow-io opens (path or URL), with the channels the model was
+            trained on.
+        output: The OME-Zarr to write (NGFF 0.5), a path or a URL (``s3://``, ``gs://``);
+            marked "being written" (readers refuse it) until every block is done.
         tta: Flip test-time augmentation: the first ``tta`` of the 8 (3D) or 4 (2D) flip
             combinations, batched, inverted by replaying the flips, averaged.
         probabilities: Write float16 class probabilities (``c`` axis: every class of every
             target) instead of label values.
-        overwrite: Replace an existing ``output``.
+        overwrite: Replace an existing ``output`` (finished or not) instead of refusing it or
+            resuming it.
         batch_size: Windows per forward pass (times ``tta``); default 1 on the CPU, 4 on a GPU.
         overlap: Window overlap.
         blend: Window weights: ``"gaussian"`` (nnU-Net's, sigma = patch/8), ``"hann"`` or
             ``"constant"`` (plain average, as MONAI's ``mode="constant"``).
         block_shape: Spatial block (= output chunk) shape; default: at least two patches
             and 128 voxels per axis (see :func:`output_chunks`). Memory grows with it.
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+        accelerator: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"gpu"``/``"cuda"``.
+        devices: Processes per node (one per GPU); > 1 runs DDP through Lightning Fabric
+            (``gloo`` on CPUs, ``nccl`` on GPUs), launched as Lightning launches training.
+        num_nodes: Nodes (set ``MASTER_ADDR``, ``NODE_RANK``… as for ``train``).
+        precision: ``"32"``, ``"bf16"`` or ``"16"`` (autocast of the forward pass; blending
+            is float32).
         level: Pyramid level of the input.
+        mask: Optional mask (path or URL), of the input's spatial shape or an integer
+            fraction of it: blocks whose mask is all zero are not predicted, and voxels
+            outside it are written as 0.
+        storage_options: fsspec options for URL inputs, masks and outputs
+            (``{"endpoint_url": ..., "key": ..., "secret": ..., "anon": ...}``); the
+            standard ``AWS_*`` variables work without them.
+        cache_bytes: Bytes of decoded input chunks each process keeps.
         expected: A config the checkpoint must match.
-        progress: Show a progress bar over blocks.
+        progress: Show a progress bar over blocks (rank 0).
 
     Returns:
         A :class:`PredictResult`.
-    """
-    from tqdm.auto import tqdm
 
+    Raises:
+        DataError: Bad arguments or input (every message names the file or the option).
+        CheckpointError: A missing, damaged or mismatched checkpoint.
+        OutputExistsError: ``output`` exists and is not an unfinished prediction of this run.
+        PredictResumeError: ``output`` holds an unfinished prediction of another run
+            (other checkpoint, input or options).
+    """
     started = time.perf_counter()
-    output = Path(output)
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise DataError(f"batch_size must be an integer >= 1, found {batch_size!r}")
-    if not 0.0 <= overlap < 1.0:
-        raise DataError(f"overlap must lie in [0, 1), found {overlap!r}")
-    if blend not in ("gaussian", "hann", "constant"):
-        raise DataError(f"blend must be 'gaussian', 'hann' or 'constant', found {blend!r}")
-    if output.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{output}: exists; pass overwrite=True (--overwrite) to replace it"
-        )
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(checkpoint, device=device, expected=expected)
+    _check_arguments(batch_size, overlap, blend, devices, num_nodes, precision, cache_bytes)
+    location = str(output)
+    options = dict(storage_options) if storage_options else None
+    fabric = _launch(accelerator, devices, num_nodes)
+    rank, world = fabric.global_rank, fabric.world_size
+    model = load_model(checkpoint, device=fabric.device, expected=expected)
     if batch_size is None:
         # a CPU convolves windows one after the other at the same speed as a batch of them,
         # and a batch multiplies the activations (128^3: 1.9 GiB peak at 1 window, 3.1 at 4)
-        on_cpu = next(model.network.parameters()).device.type == "cpu"
-        batch_size = 1 if on_cpu else 4
+        batch_size = 1 if fabric.device.type == "cpu" else 4
     config = model.config
-    image = open_image(Path(input_path), level)
+    image = open_image(input_path, level, options)
     if image.channels != model.in_channels:
         raise DataError(
             f"{image.path}: has {image.channels} channel(s), the model was trained on "
@@ -272,88 +334,329 @@ def predict(
     if not 1 <= tta <= len(flips):
         raise DataError(f"tta must lie in 1..{len(flips)} for this model, found {tta}")
     patch = [1, *config.patch.size] if plane else list(config.patch.size)
+    mask_view = None if mask is None else open_mask(mask, level, spatial, options)
     normalizer = build_normalizer(config.normalization, image, None, config.seed)
     # An axis shorter than the patch is padded at its end with 0 after normalisation (the
     # mean intensity, as training's 'constant' border pads); only the input's extent is kept.
     grid = tuple(max(n, p) for n, p in zip(spatial, patch, strict=True))
-    source = _Normalized(image, normalizer, grid)
-    targets = config.data.targets
-    channel_ranges: dict[str, tuple[int, int]] = {}
-    first = 0
-    for name, spec in targets.items():
-        channel_ranges[name] = (first, first + len(spec.classes))
-        first += len(spec.classes)
-    if block_shape is None:
-        chunks = output_chunks(spatial, patch)
-    else:
-        chunks = tuple(int(b) for b in block_shape)
-        if len(chunks) != len(spatial) or any(
-            b < 1 or b != v for b, v in zip(chunks, block_shape, strict=True)
-        ):
-            raise DataError(
-                f"block_shape must be {len(spatial)} positive integers (one per spatial axis "
-                f"of {spatial}), found {tuple(block_shape)}"
-            )
-        chunks = tuple(min(b, n) for b, n in zip(chunks, spatial, strict=True))
+    chunks = _block_shape(block_shape, spatial, patch)
     try:
-        plan = block_plan(grid, patch, chunks, overlap=[overlap if p > 1 else 0.0 for p in patch])
+        plan = block_plan(
+            grid,
+            patch,
+            chunks,
+            overlap=[overlap if p > 1 else 0.0 for p in patch],
+            order="morton",
+        )
     except GridError as exc:
         raise DataError(
             f"{image.path}: cannot tile shape {spatial} with patch {patch}: {exc}"
         ) from exc
-    profiles = importance_profiles(patch, blend)  # type: ignore[arg-type]
-    forward = _Forward(model, [flips[i] for i in range(tta)], plane, device)
+    targets = config.data.targets
     names, axes, dtype, out_shape = _layout(config, spatial, probabilities, dims)
-    partial = output.with_name(f".{output.name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    writer = create_ome_zarr(
-        partial,
-        shape=out_shape,
-        dtype=dtype,
-        chunks=((1,) if len(out_shape) > dims else ()) + chunks,
-        axes=axes,
-        voxel_size=(((1.0,) if len(out_shape) > dims else ()) + tuple(image.voxel_size)),
-        unit=image.volume.unit,
-        channel_names=names if len(out_shape) > dims else None,
-        name=output.name,
+    identity = {
+        "checkpoint_sha256": file_digest(Path(checkpoint)),
+        "input": str(input_path),
+        "input_shape": list(image.shape),
+        "input_dtype": str(image.dtype),
+        "level": level,
+        "mask": None if mask is None else str(mask),
+        "tta": tta,
+        "probabilities": probabilities,
+        "overlap": overlap,
+        "blend": blend,
+        "block_shape": list(chunks),
+        "precision": precision,
+    }
+    attributes = _attributes(config, model, image, normalizer, probabilities, tta, blend)
+    decision = fabric.broadcast(
+        inspect_output(location, identity, overwrite=overwrite, storage_options=options)
+        if rank == 0
+        else None,
+        src=0,
     )
-    windows = 0
-    bar = tqdm(plan, desc="predicting", unit="block", disable=not progress)
-    for block in bar:
-        if any(r.start >= n for r, n in zip(block.region, spatial, strict=True)):
-            continue  # wholly inside the padding
-        blended = predict_block(source, block, forward, patch, profiles, batch_size=batch_size)
-        windows += len(block.windows)
-        inside = tuple(
-            slice(0, min(r.stop, n) - r.start) for r, n in zip(block.region, spatial, strict=True)
+    raise_refusal(decision)
+    if rank == 0 and decision.action == "create":
+        remove_existing(location, options)
+        create_ome_zarr(
+            location,
+            shape=out_shape,
+            dtype=dtype,
+            chunks=((1,) if len(out_shape) > dims else ()) + chunks,
+            axes=axes,
+            voxel_size=(((1.0,) if len(out_shape) > dims else ()) + tuple(image.voxel_size)),
+            unit=image.volume.unit,
+            channel_names=names if len(out_shape) > dims else None,
+            name=Path(location.rstrip("/")).name,
+            **({"storage_options": options} if options else {}),
         )
-        blended = blended[(slice(None), *inside)]
-        if probabilities:
-            data = blended.astype(np.float16)
+        start_records(location, len(plan), identity, attributes, options)
+    fabric.barrier()
+    writer = OmeZarrWriter(location, **({"storage_options": options} if options else {}))
+    record = DoneRecord(location, options)
+    done = record.flags()
+    mine = [n for n in plan.shard(num_replicas=world, rank=rank) if not done[n]]
+    if rank == 0 and decision.action == "resume":
+        logger.info(
+            "%s: resuming: %d of %d blocks were finished earlier",
+            location,
+            int(done.sum()),
+            len(plan),
+        )
+    source = ChunkCache(image, _cache_chunks(image, chunks), cache_bytes)
+    forward = _Forward(model, [flips[i] for i in range(tta)], plane, fabric.device, precision)
+    counts = np.zeros(4, np.int64)  # predicted, empty, windows, bytes of input regions
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(mine), desc="predicting", unit="block", disable=not progress or rank != 0)
+    for number in mine:
+        block = plan.block(number)
+        data = _predict_block(
+            block,
+            source,
+            spatial,
+            normalizer,
+            forward,
+            mask_view,
+            str(image.path),
+            blend,
+            batch_size,
+            probabilities,
+            targets,
+            dtype,
+        )
+        if data is None:
+            counts[1] += 1
         else:
-            parts = []
-            for name, (low, high) in channel_ranges.items():
-                classes = np.asarray(targets[name].classes, dtype)
-                parts.append(classes[blended[low:high].argmax(axis=0)])
-            data = np.stack(parts) if len(parts) > 1 else parts[0]
-        start = [r.start for r in block.region]
-        if data.ndim > dims:
-            start = [0, *start]
-        writer.write_region(start, np.ascontiguousarray(data))
+            counts[0] += 1
+            counts[2] += len(block.windows)
+            start = [r.start for r in block.region]
+            writer.write_region([0, *start] if data.ndim > dims else start, data)
+        record.mark(number)
+        bar.update(1)
     bar.close()
-    group = zarr.open_group(str(partial), mode="r+")
-    group.attrs["voxflow"] = {
+    counts[3] = source.decoded_bytes
+    totals = np.asarray(fabric.all_reduce(torch.from_numpy(counts), reduce_op="sum")).astype(int)
+    fabric.barrier()
+    if rank == 0:
+        finish_output(location, options)
+    fabric.barrier()
+    seconds = time.perf_counter() - started
+    input_bytes = math.prod(image.shape) * np.dtype(image.dtype).itemsize
+    finished_before = int(done.sum())
+    share = 1.0 - finished_before / len(plan)
+    result = PredictResult(
+        output=location,
+        shape=tuple(out_shape),
+        blocks=len(plan),
+        predicted=int(totals[0]),
+        empty=int(totals[1]),
+        resumed=finished_before,
+        windows=int(totals[2]),
+        seconds=seconds,
+        read_amplification=float(totals[3]) / max(1.0, input_bytes * share),
+        world_size=world,
+        rank=rank,
+    )
+    logger.info(
+        "predicted %s -> %s in %.1f s: %d blocks predicted, %d empty, %d resumed; read "
+        "amplification %.2fx",
+        image.path,
+        location,
+        seconds,
+        result.predicted,
+        result.empty,
+        result.resumed,
+        result.read_amplification,
+    )
+    return result
+
+
+def _check_arguments(
+    batch_size: int | None,
+    overlap: float,
+    blend: str,
+    devices: int,
+    num_nodes: int,
+    precision: str,
+    cache_bytes: int,
+) -> None:
+    def positive(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if batch_size is not None and not positive(batch_size):
+        raise DataError(f"batch_size must be an integer >= 1, found {batch_size!r}")
+    if not 0.0 <= overlap < 1.0:
+        raise DataError(f"overlap must lie in [0, 1), found {overlap!r}")
+    if blend not in ("gaussian", "hann", "constant"):
+        raise DataError(f"blend must be 'gaussian', 'hann' or 'constant', found {blend!r}")
+    for name, value in (("devices", devices), ("num_nodes", num_nodes)):
+        if not positive(value):
+            raise DataError(f"{name} must be an integer >= 1, found {value!r}")
+    if precision not in ("32", "bf16", "16"):
+        raise DataError(f"precision must be '32', 'bf16' or '16', found {precision!r}")
+    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+        raise DataError(f"cache_bytes must be an integer >= 0, found {cache_bytes!r}")
+
+
+def _launch(accelerator: str, devices: int, num_nodes: int) -> Any:
+    """Lightning Fabric over ``devices`` x ``num_nodes`` processes, launched (the extra
+    processes of a multi-device run start here, as for ``Trainer`` with ``strategy="ddp"``)."""
+    from lightning.fabric import Fabric
+
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise DataError(
+            f"accelerator must be 'auto', 'cpu', 'gpu' or 'cuda', found {accelerator!r}"
+        )
+    if accelerator in ("gpu", "cuda") and torch.cuda.device_count() < devices:
+        raise DataError(
+            f"accelerator {accelerator!r} with devices={devices}: this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s)"
+        )
+    distributed = devices * num_nodes > 1
+    quiet_lightning()
+    fabric = Fabric(
+        accelerator="cuda" if accelerator == "gpu" else accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp" if distributed else "auto",
+    )
+    fabric.launch()
+    if distributed and fabric.device.type == "cpu":
+        # Processes of one node share its cores.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        torch.set_num_threads(max(1, cores // devices))
+    return fabric
+
+
+def _block_shape(
+    block_shape: Sequence[int] | None, spatial: tuple[int, ...], patch: Sequence[int]
+) -> tuple[int, ...]:
+    if block_shape is None:
+        return output_chunks(spatial, patch)
+    chunks = tuple(int(b) for b in block_shape)
+    if len(chunks) != len(spatial) or any(
+        b < 1 or b != v for b, v in zip(chunks, block_shape, strict=True)
+    ):
+        raise DataError(
+            f"block_shape must be {len(spatial)} positive integers (one per spatial axis "
+            f"of {spatial}), found {tuple(block_shape)}"
+        )
+    return tuple(min(b, n) for b, n in zip(chunks, spatial, strict=True))
+
+
+def _cache_chunks(image: ChannelFirst, blocks: tuple[int, ...]) -> tuple[int, ...]:
+    """The input's storage chunks over its spatial axes; the output blocks where a chunk would
+    be larger than 64 MiB (an uncompressed file stored as one chunk)."""
+    chunks = image.spatial_chunks
+    size = math.prod(chunks) * image.channels * np.dtype(image.dtype).itemsize
+    return blocks if size > 64 << 20 else chunks
+
+
+def _predict_block(
+    block: Block,
+    source: ChunkCache,
+    spatial: tuple[int, ...],
+    normalizer: Any,
+    forward: _Forward,
+    mask: SpatialOnly | None,
+    where: str,
+    blend: str,
+    batch_size: int,
+    probabilities: bool,
+    targets: Mapping[str, Any],
+    dtype: Any,
+) -> np.ndarray | None:
+    """One block's output ``([C,] *region inside the input)``, or None when its input is all
+    zero or its mask is empty (the block is then left at the fill value 0)."""
+    inside = tuple(
+        slice(r.start, min(r.stop, n)) for r, n in zip(block.region, spatial, strict=True)
+    )
+    if any(s.start >= s.stop for s in inside):
+        return None  # wholly inside the padding
+    keep = None
+    if mask is not None:
+        keep = read_mask(mask, inside, spatial)
+        if not keep.any():
+            return None
+    box = tuple(
+        slice(r.start, min(r.stop, n)) for r, n in zip(block.input_region, spatial, strict=True)
+    )
+    raw = source[(..., *box)]
+    if not raw.any():
+        return None
+    data = normalizer(raw)
+    if not np.isfinite(data).all():
+        region = ", ".join(
+            f"{a} {i.start}:{i.stop}" for a, i in zip("zyx"[-len(box) :], box, strict=True)
+        )
+        raise DataError(f"{where}: the region {region} holds NaN or infinite intensities")
+    extent = tuple(r.stop - r.start for r in block.input_region)
+    if data.shape[1:] != extent:  # pad the end of axes shorter than the patch with 0
+        padded = np.zeros((data.shape[0], *extent), np.float32)
+        padded[(slice(None), *(slice(0, n) for n in data.shape[1:]))] = data
+        data = padded
+    offset = [r.start for r in block.input_region]
+    accumulator = Accumulator(block, mode=blend)  # type: ignore[arg-type]
+    for first in range(0, len(block.windows), batch_size):
+        starts = block.windows[first : first + batch_size]
+        batch = np.stack(
+            [
+                data[
+                    (
+                        slice(None),
+                        *(
+                            slice(s - o, s - o + p)
+                            for s, o, p in zip(start, offset, block.patch, strict=True)
+                        ),
+                    )
+                ]
+                for start in starts
+            ]
+        )
+        accumulator.add(forward(batch), starts)
+    blended = accumulator.result()
+    crop = tuple(slice(0, s.stop - s.start) for s in inside)
+    blended = blended[(slice(None), *crop)]
+    if probabilities:
+        result = blended.half().cpu().numpy()
+    else:
+        parts, first_channel = [], 0
+        for spec in targets.values():
+            count = len(spec.classes)
+            indices = blended[first_channel : first_channel + count].argmax(dim=0).cpu().numpy()
+            parts.append(np.asarray(spec.classes, dtype)[indices])
+            first_channel += count
+        result = np.stack(parts) if len(parts) > 1 else parts[0]
+    if keep is not None:
+        result = np.where(keep, result, np.zeros((), result.dtype))
+    return np.ascontiguousarray(result)
+
+
+def _attributes(
+    config: RunConfig,
+    model: LoadedModel,
+    image: ChannelFirst,
+    normalizer: Any,
+    probabilities: bool,
+    tta: int,
+    blend: str,
+) -> dict[str, Any]:
+    targets = config.data.targets
+    first = 0
+    ranges = {}
+    for name, spec in targets.items():
+        ranges[name] = [first, first + len(spec.classes)]
+        first += len(spec.classes)
+    return {
         "kind": "probabilities" if probabilities else "labels",
         "targets": {
             name: {
                 "classes": spec.classes,
                 "class_names": spec.names(),
-                "channels": list(
-                    channel_ranges[name]
-                    if probabilities
-                    else (list(targets).index(name), list(targets).index(name) + 1)
-                ),
+                "channels": ranges[name]
+                if probabilities
+                else [list(targets).index(name), list(targets).index(name) + 1],
             }
             for name, spec in targets.items()
         },
@@ -364,15 +667,6 @@ def predict(
         "blend": blend,
         "normalization": normalizer.describe(),
     }
-    writer.finish()
-    if output.is_dir():
-        shutil.rmtree(output)
-    elif output.exists():
-        output.unlink()
-    partial.rename(output)
-    seconds = time.perf_counter() - started
-    logger.info("predicted %s -> %s in %.1f s (%d blocks)", image.path, output, seconds, len(plan))
-    return PredictResult(output, tuple(out_shape), len(plan), windows, seconds)
 
 
 def _layout(
@@ -399,49 +693,26 @@ def output_chunks(spatial: Sequence[int], patch: Sequence[int]) -> tuple[int, ..
     )
 
 
-class _Normalized:
-    """The input through the checkpoint's normaliser, zero-padded at the end of each spatial
-    axis up to ``grid``, as an ``ArrayLike`` ``(C, *grid)`` float32."""
-
-    def __init__(self, image: Any, normalizer: Any, grid: tuple[int, ...]) -> None:
-        self.image = image
-        self.normalizer = normalizer
-        self.shape = (image.channels, *grid)
-        self.dtype = np.dtype(np.float32)
-
-    def __getitem__(self, key: tuple[Any, ...]) -> np.ndarray:
-        boxes: list[slice] = list(key[1:])  # (Ellipsis or the channel slice, *spatial)
-        spatial = self.image.spatial_shape
-        out = np.zeros((self.shape[0], *(b.stop - b.start for b in boxes)), np.float32)
-        inside = [slice(b.start, min(b.stop, n)) for b, n in zip(boxes, spatial, strict=True)]
-        if all(i.stop > i.start for i in inside):
-            data = self.normalizer(self.image[(slice(None), *inside)])
-            if not np.isfinite(data).all():
-                where = ", ".join(
-                    f"{a} {i.start}:{i.stop}"
-                    for a, i in zip("zyx"[-len(inside) :], inside, strict=True)
-                )
-                raise DataError(
-                    f"{self.image.path}: the region {where} holds NaN or infinite intensities"
-                )
-            out[(slice(None), *(slice(0, i.stop - i.start) for i in inside))] = data
-        return out
-
-
 class _Forward:
-    """Model forward over a numpy batch with flip TTA: ``(B, C, *patch)`` -> class
-    probabilities ``(B, sum of classes, *patch)`` float32 (softmax per target, averaged over
-    the flips after undoing them by replaying the same flips)."""
+    """Model forward over a numpy batch with flip TTA: ``(B, C, *patch)`` float32 -> class
+    probabilities ``(B, sum of classes, *patch)`` float32 on the model's device (softmax per
+    target, averaged over the flips after undoing them by replaying the same flips)."""
 
     def __init__(
-        self, model: LoadedModel, flips: Sequence[tuple[int, ...]], plane: bool, device: str
+        self,
+        model: LoadedModel,
+        flips: Sequence[tuple[int, ...]],
+        plane: bool,
+        device: torch.device,
+        precision: str,
     ) -> None:
         self.model = model
         self.flips = list(flips)
         self.plane = plane
-        self.device = torch.device(device)
+        self.device = device
         self.targets = list(model.config.data.targets)
         self.flip = RandFlip(("image",), 1.0)
+        self.autocast = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
 
     def _params(self, batch: int, dims: int) -> dict[str, torch.Tensor]:
         flip = torch.zeros(batch * len(self.flips), dims, dtype=torch.bool)
@@ -451,15 +722,20 @@ class _Forward:
         return {"apply": flip.any(dim=1), "flip": flip}
 
     @torch.no_grad()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        image = torch.from_numpy(batch).to(self.device)
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        image = torch.from_numpy(batch).to(self.device, non_blocking=True)
         if self.plane:
             image = image[:, :, 0]
         count, dims = image.shape[0], image.ndim - 2
         params = self._params(count, dims)
         repeated = image.repeat(len(self.flips), *[1] * (image.ndim - 1))
         flipped = self.flip.replay({"image": repeated}, params)["image"]
-        outputs = self.model.network(flipped)
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast or torch.float32,
+            enabled=self.autocast is not None,
+        ):
+            outputs = self.model.network(flipped)
         probabilities = torch.cat(
             [torch.softmax(outputs[t].float(), dim=1) for t in self.targets], dim=1
         )
@@ -467,4 +743,4 @@ class _Forward:
         mean = restored.reshape(len(self.flips), count, *restored.shape[1:]).mean(dim=0)
         if self.plane:
             mean = mean.unsqueeze(2)
-        return mean.cpu().numpy()
+        return mean

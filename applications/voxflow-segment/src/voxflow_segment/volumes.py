@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class ChannelFirst:
         self.shape = (self.channels, *self.spatial_shape)
         self.dtype = volume.dtype
         self.voxel_size = tuple(volume.voxel_size[i] for i in self._spatial_axes)
+        self.spatial_chunks = tuple(volume.chunks[i] for i in self._spatial_axes)
         self.path = volume.path
 
     @property
@@ -126,18 +128,67 @@ class OpenedVolume:
     mask: SpatialOnly | None
 
 
-def open_image(path: Path, level: int) -> ChannelFirst:
-    """Open an image as a ``(C, *spatial)`` view; errors name the file."""
-    return ChannelFirst(_open(path, level, "image"))
+def open_image(
+    path: str | os.PathLike[str],
+    level: int,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ChannelFirst:
+    """Open an image (path or URL) as a ``(C, *spatial)`` view; errors name the file."""
+    return ChannelFirst(_open(path, level, "image", storage_options))
 
 
-def _open(path: Path, level: int, role: str) -> Volume:
-    if not path.exists():
+def _open(
+    path: str | os.PathLike[str],
+    level: int,
+    role: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Volume:
+    remote = "://" in str(path)
+    if not remote and not Path(path).exists():
         raise DataError(f"{path}: {role} not found")
     try:
+        if storage_options:
+            return open_volume(path, level=level, storage_options=dict(storage_options))
         return open_volume(path, level=level)
     except VoxflowIOError as exc:
         raise DataError(f"{path}: cannot open the {role}: {exc}") from exc
+
+
+def open_mask(
+    path: str | os.PathLike[str],
+    level: int,
+    spatial: tuple[int, ...],
+    storage_options: Mapping[str, Any] | None = None,
+) -> SpatialOnly:
+    """Open a prediction mask whose spatial shape is the image's divided by integer factors.
+
+    Raises:
+        DataError: a missing mask, or a shape that is not an integer fraction of ``spatial``.
+    """
+    mask = SpatialOnly(_open(path, level, "mask", storage_options), "mask")
+    if len(mask.shape) != len(spatial) or any(
+        m < 1 or n % m or (n // m) < 1 for m, n in zip(mask.shape, spatial, strict=True)
+    ):
+        raise DataError(
+            f"{path}: mask has spatial shape {mask.shape}; expected the image's {spatial} or "
+            f"that divided by an integer factor per axis"
+        )
+    return mask
+
+
+def read_mask(mask: SpatialOnly, region: tuple[slice, ...], spatial: tuple[int, ...]) -> np.ndarray:
+    """``(*region)`` bool: the mask over a region of the image (spatial shape ``spatial``);
+    a downsampled mask's voxels are repeated by its factors."""
+    factors = [n // m for n, m in zip(spatial, mask.shape, strict=True)]
+    box = tuple(slice(r.start // f, -(-r.stop // f)) for r, f in zip(region, factors, strict=True))
+    data = np.asarray(mask[box]) != 0
+    for axis, f in enumerate(factors):
+        data = np.repeat(data, f, axis=axis)
+    crop = tuple(
+        slice(r.start - b.start * f, r.stop - b.start * f)
+        for r, b, f in zip(region, box, factors, strict=True)
+    )
+    return data[crop]
 
 
 def open_entry(

@@ -7,6 +7,7 @@ zarr, dask, voxflow-io ``Volume``); depends on numpy and scipy only.
 from importlib.metadata import version
 
 from ._accumulate import Accumulator
+from ._chunk_cache import ChunkCache
 from ._errors import (
     BorderError,
     GridError,
@@ -44,6 +45,7 @@ __all__ = [
     "Block",
     "BlockPlan",
     "BorderError",
+    "ChunkCache",
     "ForegroundOversampler",
     "GridError",
     "PatchDraw",

@@ -1,0 +1,282 @@
+"""``predict`` at scale: resume after a kill (bitwise equal), refusal of another run's output,
+DDP over 2 gloo processes (bitwise equal), empty blocks and masks skipped without the model,
+read amplification with Morton order and the chunk cache.
+
+The references are independent of the code under test where it matters: an uninterrupted
+single-process run for resume and DDP (a different code path: no done records read, one rank),
+the brute-force list of blocks whose input region is all zero, and numpy masking.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from voxflow_io import IncompleteStoreError, create_ome_zarr, open_volume
+from voxflow_segment.config import RunConfig
+from voxflow_segment.errors import OutputExistsError, PredictResumeError
+from voxflow_segment.prediction import predict
+from voxflow_segment.synthetic import make_volume
+from voxflow_slicing import block_plan
+
+predict_module = importlib.import_module("voxflow_segment.prediction")
+
+SHAPE = (40, 64, 64)
+BLOCK = (16, 32, 32)
+
+
+def write_image(path: Path, data: np.ndarray, chunks: tuple[int, ...]) -> Path:
+    writer = create_ome_zarr(path, shape=data.shape, dtype=data.dtype, chunks=chunks, axes="zyx")
+    writer.write_region((0,) * data.ndim, data)
+    writer.finish()
+    return path
+
+
+def level0(path: Path) -> np.ndarray:
+    group = zarr.open_group(str(path), mode="r")
+    return np.asarray(group[group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"]][...])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(
+    config_factory: Callable[[Path], dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    from voxflow_segment.training import train
+
+    config = config_factory(tmp_path_factory.mktemp("scale-train") / "run")
+    return train(RunConfig.model_validate(config), progress=False).checkpoint
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """40x64x64 uint16, chunks 8x16x16; the first 24 z-slices are all zero (empty input)."""
+    data, _ = make_volume(SHAPE, seed=5)
+    data[:24] = 0
+    path = tmp_path_factory.mktemp("scale-input") / "input.ome.zarr"
+    return write_image(path, data, (8, 16, 16)), data
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint: Path, image: tuple[Path, np.ndarray], tmp_path_factory) -> Path:
+    """An uninterrupted single-process run."""
+    out = tmp_path_factory.mktemp("scale-reference") / "reference.ome.zarr"
+    predict(checkpoint, image[0], out, accelerator="cpu", block_shape=BLOCK, progress=False)
+    return out
+
+
+def empty_blocks(data: np.ndarray) -> set[int]:
+    """Brute force: blocks whose every window reads only zeros."""
+    plan = block_plan(SHAPE, (16, 16, 16), BLOCK, overlap=0.5)
+    return {block.number for block in plan if not data[block.input_region].any()}
+
+
+def test_empty_blocks_are_skipped_without_the_model(
+    checkpoint: Path,
+    image: tuple[Path, np.ndarray],
+    reference: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expected_empty = empty_blocks(image[1])
+    assert 0 < len(expected_empty) < 18
+    calls: list[int] = []
+    original = predict_module._Forward.__call__
+
+    def counting(self: Any, batch: np.ndarray) -> Any:
+        calls.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(predict_module._Forward, "__call__", counting)
+    out = tmp_path / "out.ome.zarr"
+    result = predict(
+        checkpoint, image[0], out, accelerator="cpu", block_shape=BLOCK, progress=False
+    )
+    plan = block_plan(SHAPE, (16, 16, 16), BLOCK, overlap=0.5)
+    assert result.empty == len(expected_empty)
+    assert result.predicted == len(plan) - len(expected_empty)
+    assert sum(calls) == sum(
+        len(plan.block(n).windows) for n in range(len(plan)) if n not in expected_empty
+    )
+    labels = level0(out)
+    for number in expected_empty:
+        assert not labels[plan.block(number).region].any()  # written as the fill value
+    np.testing.assert_array_equal(labels, level0(reference))
+
+
+def test_mask_skips_blocks_and_zeroes_voxels_outside_it(
+    checkpoint: Path, image: tuple[Path, np.ndarray], reference: Path, tmp_path: Path
+) -> None:
+    mask = np.zeros((20, 32, 32), np.uint8)  # half resolution
+    mask[12:, :, :10] = 1
+    mask_path = write_image(tmp_path / "mask.ome.zarr", mask, (10, 16, 16))
+    out = tmp_path / "masked.ome.zarr"
+    result = predict(
+        checkpoint,
+        image[0],
+        out,
+        accelerator="cpu",
+        block_shape=BLOCK,
+        mask=mask_path,
+        progress=False,
+    )
+    full = mask.repeat(2, 0).repeat(2, 1).repeat(2, 2).astype(bool)
+    expected = np.where(full, level0(reference), 0)
+    np.testing.assert_array_equal(level0(out), expected)
+    plan = block_plan(SHAPE, (16, 16, 16), BLOCK, overlap=0.5)
+    masked_out = sum(not full[b.region].any() for b in plan)
+    assert result.empty >= masked_out > 0
+
+
+def test_read_amplification_with_and_without_the_cache(
+    checkpoint: Path, image: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    cached = predict(
+        checkpoint,
+        image[0],
+        tmp_path / "a.ome.zarr",
+        accelerator="cpu",
+        block_shape=BLOCK,
+        progress=False,
+    )
+    uncached = predict(
+        checkpoint,
+        image[0],
+        tmp_path / "b.ome.zarr",
+        accelerator="cpu",
+        block_shape=BLOCK,
+        cache_bytes=0,
+        progress=False,
+    )
+    assert cached.read_amplification <= 1.2
+    assert uncached.read_amplification > 1.5
+
+
+def test_a_failed_run_resumes_and_another_run_is_refused(
+    checkpoint: Path,
+    image: tuple[Path, np.ndarray],
+    reference: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "out.ome.zarr"
+    original = predict_module.DoneRecord.mark
+    marked: list[int] = []
+
+    def failing(self: Any, number: int) -> None:
+        original(self, number)
+        marked.append(number)
+        if len(marked) == 5:
+            raise RuntimeError("killed by the test")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(predict_module.DoneRecord, "mark", failing)
+        with pytest.raises(RuntimeError, match="killed by the test"):
+            predict(checkpoint, image[0], out, accelerator="cpu", block_shape=BLOCK, progress=False)
+    with pytest.raises(IncompleteStoreError):
+        open_volume(out)
+    with pytest.raises(
+        PredictResumeError,
+        match=r"an unfinished prediction of another run is there \(tta: was 1, now 2\); rerun "
+        r"the command that started it to resume, or pass --overwrite to start over",
+    ):
+        predict(
+            checkpoint, image[0], out, tta=2, accelerator="cpu", block_shape=BLOCK, progress=False
+        )
+    result = predict(
+        checkpoint, image[0], out, accelerator="cpu", block_shape=BLOCK, progress=False
+    )
+    assert result.resumed == 5
+    assert result.predicted + result.empty == result.blocks - 5
+    np.testing.assert_array_equal(level0(out), level0(reference))
+    with pytest.raises(OutputExistsError, match="exists; pass overwrite=True"):
+        predict(checkpoint, image[0], out, accelerator="cpu", block_shape=BLOCK, progress=False)
+
+
+def cli_predict(checkpoint: Path, source: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "voxflow_segment.cli",
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        "--accelerator",
+        "cpu",
+        "--block-shape",
+        *map(str, BLOCK),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def done_count(out: Path) -> int:
+    try:
+        return int(np.asarray(zarr.open_group(str(out), mode="r")["voxflow_predict_done"][:]).sum())
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
+        return 0
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_to_the_same_bytes(
+    checkpoint: Path, image: tuple[Path, np.ndarray], reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "killed.ome.zarr"
+    command = cli_predict(checkpoint, image[0], out)
+    blocks = len(block_plan(SHAPE, (16, 16, 16), BLOCK, overlap=0.5))
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(3):
+        before = done_count(out)
+        if before >= blocks - 2:
+            break
+        target = rng.randint(before + 1, blocks - 2)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while done_count(out) < target and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += process.returncode == -signal.SIGKILL
+        with pytest.raises(IncompleteStoreError):
+            open_volume(out)
+    assert kills >= 2
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stderr
+    resumed = int(finished.stdout.split(" finished by an earlier run")[0].rsplit(", ", 1)[1])
+    assert 0 < resumed < blocks
+    np.testing.assert_array_equal(level0(out), level0(reference))
+    assert open_volume(out).shape == SHAPE
+
+
+@pytest.mark.slow
+def test_ddp_over_two_gloo_processes_writes_the_same_bytes(
+    checkpoint: Path, image: tuple[Path, np.ndarray], reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ddp.ome.zarr"
+    finished = subprocess.run(
+        cli_predict(checkpoint, image[0], out, "--devices", "2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.count("voxflow-segment predict:") == 1  # one summary, from rank 0
+    assert "on 2 process(es)" in finished.stdout
+    np.testing.assert_array_equal(level0(out), level0(reference))
