@@ -223,7 +223,7 @@ DEFAULT_CACHE_BYTES = 512 << 20
 
 
 def predict(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | LoadedModel,
     input_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
@@ -256,7 +256,9 @@ def predict(
     arguments skips them and ends with the same bytes as an uninterrupted run.
 
     Args:
-        checkpoint: A voxflow-segment checkpoint (local file).
+        checkpoint: A voxflow-segment checkpoint (local file), or a :class:`LoadedModel`
+            (from :func:`load_model`, or a network of your own with a run config; its
+            ``checkpoint`` file identifies the run for resuming).
         input_path: Any image voxflow-io opens (path or URL), with the channels the model was
             trained on.
         output: The OME-Zarr to write (NGFF 0.5), a path or a URL (``s3://``, ``gs://``);
@@ -306,7 +308,11 @@ def predict(
     options = dict(storage_options) if storage_options else None
     fabric = _launch(accelerator, devices, num_nodes)
     rank, world = fabric.global_rank, fabric.world_size
-    model = load_model(checkpoint, device=fabric.device, expected=expected)
+    if isinstance(checkpoint, LoadedModel):
+        model = checkpoint
+        model.network.eval().to(fabric.device)
+    else:
+        model = load_model(checkpoint, device=fabric.device, expected=expected)
     if batch_size is None:
         # a CPU convolves windows one after the other at the same speed as a batch of them,
         # and a batch multiplies the activations (128^3: 1.9 GiB peak at 1 window, 3.1 at 4)
@@ -355,7 +361,7 @@ def predict(
     targets = config.data.targets
     names, axes, dtype, out_shape = _layout(config, spatial, probabilities, dims)
     identity = {
-        "checkpoint_sha256": file_digest(Path(checkpoint)),
+        "checkpoint_sha256": file_digest(model.checkpoint),
         "input": str(input_path),
         "input_shape": list(image.shape),
         "input_dtype": str(image.dtype),
