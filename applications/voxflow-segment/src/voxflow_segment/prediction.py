@@ -19,6 +19,7 @@ import pickle
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -358,7 +359,6 @@ def predict(
         raise DataError(
             f"{image.path}: cannot tile shape {spatial} with patch {patch}: {exc}"
         ) from exc
-    targets = config.data.targets
     names, axes, dtype, out_shape = _layout(config, spatial, probabilities, dims)
     identity = {
         "checkpoint_sha256": file_digest(model.checkpoint),
@@ -411,35 +411,27 @@ def predict(
         )
     source = ChunkCache(image, _cache_chunks(image, chunks), cache_bytes)
     forward = _Forward(model, [flips[i] for i in range(tta)], plane, fabric.device, precision)
-    counts = np.zeros(4, np.int64)  # predicted, empty, windows, bytes of input regions
+    runner = _BlockRunner(
+        source=source,
+        spatial=spatial,
+        normalizer=normalizer,
+        forward=forward,
+        mask=mask_view,
+        where=str(image.path),
+        blend=blend,
+        batch_size=batch_size,
+        probabilities=probabilities,
+        targets=config.data.targets,
+        dtype=dtype,
+        writer=writer,
+        record=record,
+    )
+    counts = np.zeros(4, np.int64)  # predicted, empty, windows, input bytes decoded
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(mine), desc="predicting", unit="block", disable=not progress or rank != 0)
-    for number in mine:
-        block = plan.block(number)
-        data = _predict_block(
-            block,
-            source,
-            spatial,
-            normalizer,
-            forward,
-            mask_view,
-            str(image.path),
-            blend,
-            batch_size,
-            probabilities,
-            targets,
-            dtype,
-        )
-        if data is None:
-            counts[1] += 1
-        else:
-            counts[0] += 1
-            counts[2] += len(block.windows)
-            start = [r.start for r in block.region]
-            writer.write_region([0, *start] if data.ndim > dims else start, data)
-        record.mark(number)
-        bar.update(1)
+    if mine:
+        counts[:3] = runner.run([plan.block(n) for n in mine], bar.update)
     bar.close()
     counts[3] = source.decoded_bytes
     totals = np.asarray(fabric.all_reduce(torch.from_numpy(counts), reduce_op="sum")).astype(int)
@@ -559,84 +551,167 @@ def _cache_chunks(image: ChannelFirst, blocks: tuple[int, ...]) -> tuple[int, ..
     return blocks if size > 64 << 20 else chunks
 
 
-def _predict_block(
-    block: Block,
-    source: ChunkCache,
-    spatial: tuple[int, ...],
-    normalizer: Any,
-    forward: _Forward,
-    mask: SpatialOnly | None,
-    where: str,
-    blend: str,
-    batch_size: int,
-    probabilities: bool,
-    targets: Mapping[str, Any],
-    dtype: Any,
-) -> np.ndarray | None:
-    """One block's output ``([C,] *region inside the input)``, or None when its input is all
-    zero or its mask is empty (the block is then left at the fill value 0)."""
-    inside = tuple(
-        slice(r.start, min(r.stop, n)) for r, n in zip(block.region, spatial, strict=True)
-    )
-    if any(s.start >= s.stop for s in inside):
-        return None  # wholly inside the padding
-    keep = None
-    if mask is not None:
-        keep = read_mask(mask, inside, spatial)
-        if not keep.any():
+@dataclass
+class _Prepared:
+    """A block's normalised input on the model's device, or None for an empty block."""
+
+    block: Block
+    data: torch.Tensor | None  # (C, *input_region shape) float32
+    keep: np.ndarray | None  # (*region inside the input) bool, where a mask is given
+
+
+class _BlockRunner:
+    """The three stages of one block: prepare (read, check, normalise: CPU, on a reader
+    thread, one block ahead), blend (the model's device) and store (write, then mark done:
+    a writer thread), so that the device is busy while the next block is read and the last
+    one written."""
+
+    def __init__(
+        self,
+        *,
+        source: ChunkCache,
+        spatial: tuple[int, ...],
+        normalizer: Any,
+        forward: _Forward,
+        mask: SpatialOnly | None,
+        where: str,
+        blend: str,
+        batch_size: int,
+        probabilities: bool,
+        targets: Mapping[str, Any],
+        dtype: Any,
+        writer: OmeZarrWriter,
+        record: DoneRecord,
+    ) -> None:
+        self.source = source
+        self.spatial = spatial
+        self.normalizer = normalizer
+        self.forward = forward
+        self.mask = mask
+        self.where = where
+        self.blend = blend
+        self.batch_size = batch_size
+        self.probabilities = probabilities
+        self.targets = targets
+        self.dtype = dtype
+        self.writer = writer
+        self.record = record
+
+    def _inside(self, block: Block) -> tuple[slice, ...]:
+        return tuple(
+            slice(r.start, min(r.stop, n)) for r, n in zip(block.region, self.spatial, strict=True)
+        )
+
+    def prepare(self, block: Block) -> _Prepared:
+        inside = self._inside(block)
+        if any(s.start >= s.stop for s in inside):
+            return _Prepared(block, None, None)  # wholly inside the padding
+        keep = None
+        if self.mask is not None:
+            keep = read_mask(self.mask, inside, self.spatial)
+            if not keep.any():
+                return _Prepared(block, None, None)
+        box = tuple(
+            slice(r.start, min(r.stop, n))
+            for r, n in zip(block.input_region, self.spatial, strict=True)
+        )
+        raw = self.source[(..., *box)]
+        if not raw.any():
+            return _Prepared(block, None, None)
+        data = self.normalizer(raw)
+        if not np.isfinite(data).all():
+            region = ", ".join(
+                f"{a} {i.start}:{i.stop}" for a, i in zip("zyx"[-len(box) :], box, strict=True)
+            )
+            raise DataError(f"{self.where}: the region {region} holds NaN or infinite intensities")
+        extent = tuple(r.stop - r.start for r in block.input_region)
+        if data.shape[1:] != extent:  # pad the end of axes shorter than the patch with 0
+            padded = np.zeros((data.shape[0], *extent), np.float32)
+            padded[(slice(None), *(slice(0, n) for n in data.shape[1:]))] = data
+            data = padded
+        # Once per block: the windows (overlapping 2^D times at overlap 0.5) are cut on the
+        # device, not copied there one by one.
+        tensor = torch.from_numpy(np.ascontiguousarray(data, np.float32))
+        return _Prepared(block, tensor.to(self.forward.device), keep)
+
+    def blend_block(self, prepared: _Prepared) -> np.ndarray | None:
+        """The block's output ``([C,] *region inside the input)``, or None when empty."""
+        block, data = prepared.block, prepared.data
+        if data is None:
             return None
-    box = tuple(
-        slice(r.start, min(r.stop, n)) for r, n in zip(block.input_region, spatial, strict=True)
-    )
-    raw = source[(..., *box)]
-    if not raw.any():
-        return None
-    data = normalizer(raw)
-    if not np.isfinite(data).all():
-        region = ", ".join(
-            f"{a} {i.start}:{i.stop}" for a, i in zip("zyx"[-len(box) :], box, strict=True)
-        )
-        raise DataError(f"{where}: the region {region} holds NaN or infinite intensities")
-    extent = tuple(r.stop - r.start for r in block.input_region)
-    if data.shape[1:] != extent:  # pad the end of axes shorter than the patch with 0
-        padded = np.zeros((data.shape[0], *extent), np.float32)
-        padded[(slice(None), *(slice(0, n) for n in data.shape[1:]))] = data
-        data = padded
-    offset = [r.start for r in block.input_region]
-    accumulator = Accumulator(block, mode=blend)  # type: ignore[arg-type]
-    for first in range(0, len(block.windows), batch_size):
-        starts = block.windows[first : first + batch_size]
-        batch = np.stack(
-            [
-                data[
-                    (
-                        slice(None),
-                        *(
-                            slice(s - o, s - o + p)
-                            for s, o, p in zip(start, offset, block.patch, strict=True)
-                        ),
-                    )
+        offset = [r.start for r in block.input_region]
+        accumulator = Accumulator(block, mode=self.blend)  # type: ignore[arg-type]
+        for first in range(0, len(block.windows), self.batch_size):
+            starts = block.windows[first : first + self.batch_size]
+            batch = torch.stack(
+                [
+                    data[
+                        (
+                            slice(None),
+                            *(
+                                slice(s - o, s - o + p)
+                                for s, o, p in zip(start, offset, block.patch, strict=True)
+                            ),
+                        )
+                    ]
+                    for start in starts
                 ]
-                for start in starts
-            ]
-        )
-        accumulator.add(forward(batch), starts)
-    blended = accumulator.result()
-    crop = tuple(slice(0, s.stop - s.start) for s in inside)
-    blended = blended[(slice(None), *crop)]
-    if probabilities:
-        result = blended.half().cpu().numpy()
-    else:
-        parts, first_channel = [], 0
-        for spec in targets.values():
-            count = len(spec.classes)
-            indices = blended[first_channel : first_channel + count].argmax(dim=0).cpu().numpy()
-            parts.append(np.asarray(spec.classes, dtype)[indices])
-            first_channel += count
-        result = np.stack(parts) if len(parts) > 1 else parts[0]
-    if keep is not None:
-        result = np.where(keep, result, np.zeros((), result.dtype))
-    return np.ascontiguousarray(result)
+            )
+            accumulator.add(self.forward(batch), starts)
+        blended = accumulator.result()
+        crop = tuple(slice(0, s.stop - s.start) for s in self._inside(block))
+        blended = blended[(slice(None), *crop)]
+        if self.probabilities:
+            result = blended.half().cpu().numpy()
+        else:
+            parts, first_channel = [], 0
+            for spec in self.targets.values():
+                count = len(spec.classes)
+                indices = blended[first_channel : first_channel + count].argmax(dim=0)
+                parts.append(np.asarray(spec.classes, self.dtype)[indices.cpu().numpy()])
+                first_channel += count
+            result = np.stack(parts) if len(parts) > 1 else parts[0]
+        if prepared.keep is not None:
+            result = np.where(prepared.keep, result, np.zeros((), result.dtype))
+        return np.ascontiguousarray(result)
+
+    def run(self, blocks: Sequence[Block], done: Any) -> np.ndarray:
+        """Predict ``blocks`` (not empty) in order; ``done(1)`` after each is stored.
+
+        Returns:
+            ``(3,)`` int64: blocks predicted, blocks empty, windows predicted.
+        """
+        counts = np.zeros(3, np.int64)
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="voxflow-predict-read") as reader,
+            ThreadPoolExecutor(1, thread_name_prefix="voxflow-predict-write") as writer,
+        ):
+            ahead: Future[_Prepared] = reader.submit(self.prepare, blocks[0])
+            stored: Future[None] | None = None
+            for position in range(len(blocks)):
+                prepared = ahead.result()
+                if position + 1 < len(blocks):
+                    ahead = reader.submit(self.prepare, blocks[position + 1])
+                data = self.blend_block(prepared)
+                if data is None:
+                    counts[1] += 1
+                else:
+                    counts[0] += 1
+                    counts[2] += len(prepared.block.windows)
+                if stored is not None:
+                    stored.result()
+                    done(1)
+                stored = writer.submit(self.store, prepared.block, data)
+            if stored is not None:
+                stored.result()
+                done(1)
+        return counts
+
+    def store(self, block: Block, data: np.ndarray | None) -> None:
+        if data is not None:
+            start = [r.start for r in block.region]
+            self.writer.write_region([0, *start] if data.ndim > len(start) else start, data)
+        self.record.mark(block.number)
 
 
 def _attributes(
@@ -700,7 +775,7 @@ def output_chunks(spatial: Sequence[int], patch: Sequence[int]) -> tuple[int, ..
 
 
 class _Forward:
-    """Model forward over a numpy batch with flip TTA: ``(B, C, *patch)`` float32 -> class
+    """Model forward with flip TTA: ``(B, C, *patch)`` float32 on the device -> class
     probabilities ``(B, sum of classes, *patch)`` float32 on the model's device (softmax per
     target, averaged over the flips after undoing them by replaying the same flips)."""
 
@@ -728,8 +803,8 @@ class _Forward:
         return {"apply": flip.any(dim=1), "flip": flip}
 
     @torch.no_grad()
-    def __call__(self, batch: np.ndarray) -> torch.Tensor:
-        image = torch.from_numpy(batch).to(self.device, non_blocking=True)
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        image = batch
         if self.plane:
             image = image[:, :, 0]
         count, dims = image.shape[0], image.ndim - 2
