@@ -2,7 +2,9 @@
 
 Readers: Zarr v2/v3, OME-Zarr (NGFF 0.4/0.5), TIFF (stacks, tiled, BigTIFF, OME, ImageJ),
 slice folders and ``.npy``, all behind one [Volume][voxflow_io.Volume]. Writers: OME-Zarr images
-with pyramids and HCS plates, chunk-aligned so that many processes can write one store.
+with pyramids and HCS plates, chunk-aligned so that many processes can write one store. Zarr
+stores are also read and written at object-store URLs (``s3://``, ``gs://``, ``http(s)://`` read
+only) with fsspec ``storage_options``.
 """
 
 from importlib.metadata import version
@@ -17,6 +19,7 @@ from ._errors import (
     LevelOutOfRangeError,
     MetadataError,
     ParameterError,
+    RemoteStoreError,
     StoreExistsError,
     UnsupportedFormatError,
     VolumeNotFoundError,
@@ -46,6 +49,7 @@ __all__ = [
     "ParameterError",
     "Plate",
     "PlatePosition",
+    "RemoteStoreError",
     "StoreExistsError",
     "UnsupportedFormatError",
     "Volume",

@@ -56,3 +56,9 @@ class IncompleteStoreError(VoxflowIOError):
 
 class FinishedStoreError(VoxflowIOError):
     """A writer was asked to write into (or finish) an OME-Zarr image that is already finished."""
+
+
+class RemoteStoreError(VoxflowIOError, OSError):
+    """An object store (``s3://``, ``gs://``, ``http(s)://``) could not be used: the server is
+    down or timed out, refused the credentials, answered with an error, the URL's scheme is
+    read-only, or the package that reads the scheme is not installed."""

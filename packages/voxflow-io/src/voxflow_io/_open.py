@@ -1,10 +1,13 @@
-"""``open_volume``: one entry point that picks the reader from what is on disk."""
+"""``open_volume``: one entry point that picks the reader from what is on disk (or in an
+object store)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import stat
+from collections.abc import Mapping
+from typing import Any
 
 from ._errors import (
     CorruptVolumeError,
@@ -16,9 +19,10 @@ from ._errors import (
 )
 from ._files import file_kind
 from ._npy import open_npy
+from ._remote import RemoteLocation, location
 from ._slices import open_slices
 from ._tiff import TIFF_SUFFIXES, open_tiff
-from ._validate import DEFAULT_MAX_DECODED_BYTES, as_path, decoded_limit, flag, integer
+from ._validate import DEFAULT_MAX_DECODED_BYTES, decoded_limit, flag, integer
 from ._volume import Opener, Source, Volume
 from ._zarr import is_zarr, open_zarr
 
@@ -28,6 +32,7 @@ logger = logging.getLogger(__name__)
 def open_volume(
     path: str | os.PathLike[str],
     *,
+    storage_options: Mapping[str, Any] | None = None,
     key: str | None = None,
     level: int = 0,
     axes: str | None = None,
@@ -46,8 +51,19 @@ def open_volume(
         * A folder of 2D TIFF or PNG slices, stacked along z in natural order.
         * ``.npy`` (memory-mapped).
 
+    Zarr stores (every layout above) also open from object-store URLs: ``s3://``, ``gs://``,
+    ``http(s)://`` (read through zarr-python's fsspec store; ``pip install
+    'voxflow-io[remote]'``), and ``file://`` URLs name local paths. The returned volume carries
+    the URL and ``storage_options`` and reopens the store after pickling (DataLoader workers,
+    DDP ranks).
+
     Args:
-        path: File or folder.
+        path: File or folder, or the URL of a zarr store.
+        storage_options: For URLs only: options of the fsspec filesystem, as in fsspec, pandas
+            and xarray, e.g. ``{"endpoint_url": "http://127.0.0.1:9000", "key": ...,
+            "secret": ...}`` or ``{"anon": True}`` for s3. Without them s3 reads the standard
+            ``AWS_*`` environment variables. Default timeouts and retries are bounded (a dead
+            server fails in seconds); entries given here override them.
         key: Path of an array or image group inside a zarr group.
         level: Pyramid level (0 is full resolution).
         axes: Axis letters from ``"tczyx"``, one per dimension, for sources without axis
@@ -67,8 +83,8 @@ def open_volume(
             of its ``axes``.
 
     Raises:
-        ParameterError: an argument has the wrong type (e.g. a float level) or ``path`` is
-            an empty string.
+        ParameterError: an argument has the wrong type (e.g. a float level), ``path`` is
+            an empty string, or ``storage_options`` were given with a local path.
         VolumeNotFoundError: ``path`` (or ``key`` inside it) does not exist.
         UnsupportedFormatError: the path is not a format listed above, or not a regular file
             or folder (a named pipe, a device).
@@ -78,9 +94,11 @@ def open_volume(
         LevelOutOfRangeError: ``level`` is not a level of the image.
         IncompleteStoreError: an OME-Zarr image still marked as being written.
         ImageTooLargeError: a unit decoded whole exceeds ``max_decoded_bytes``.
+        RemoteStoreError: the object store cannot be reached, times out or refuses the
+            request (the URL is named), or the filesystem package is not installed.
     """
-    path = as_path(path)
-    where = str(path)
+    target = location(path, storage_options)
+    where = str(target)
     if key is not None and (not isinstance(key, str) or not key.strip("/")):
         raise ParameterError(f"{where}: key must be a non-empty string or None, found {key!r}")
     level = integer(level, "level", where)
@@ -95,6 +113,14 @@ def open_volume(
         raise MetadataError(f"{where}: series {series} requested; series are numbered from 0")
     allow_incomplete = flag(allow_incomplete, "allow_incomplete", where)
     max_decoded_bytes = decoded_limit(max_decoded_bytes, where)
+    options: dict[str, object] = {
+        "axes": axes,
+        "level": level,
+        "max_decoded_bytes": max_decoded_bytes,
+    }
+    if isinstance(target, RemoteLocation):
+        return _open_remote(target, key, allow_incomplete, options)
+    path = target
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError) as exc:
@@ -102,11 +128,6 @@ def open_volume(
     except OSError as exc:
         raise CorruptVolumeError(f"{path}: cannot be accessed: {exc}") from exc
     opener: Opener
-    options: dict[str, object] = {
-        "axes": axes,
-        "level": level,
-        "max_decoded_bytes": max_decoded_bytes,
-    }
     if stat.S_ISDIR(mode):
         if is_zarr(path):
             opener, options["key"] = open_zarr, key
@@ -134,4 +155,23 @@ def open_volume(
     source = Source(opener, path.resolve(), options)
     reader, info = source.open()
     logger.debug("opened %s: shape %s %s axes %r", path, info.shape, info.dtype, info.axes)
+    return Volume(source, reader, info)
+
+
+def _open_remote(
+    target: RemoteLocation, key: str | None, allow_incomplete: bool, options: dict[str, object]
+) -> Volume:
+    """Open a zarr store from an object-store URL (metadata only)."""
+    if target.name.lower().endswith((*TIFF_SUFFIXES, ".npy")):
+        raise UnsupportedFormatError(
+            f"{target}: only zarr stores open from URLs; copy TIFF and .npy files to a local "
+            f"path first"
+        )
+    options["key"] = key
+    options["allow_incomplete"] = allow_incomplete
+    # Source.path is typed as a Path; a RemoteLocation stands in for it (str() is the URL,
+    # and it pickles with its storage_options).
+    source = Source(open_zarr, target, options)  # type: ignore[arg-type]
+    reader, info = source.open()
+    logger.debug("opened %s: shape %s %s axes %r", target, info.shape, info.dtype, info.axes)
     return Volume(source, reader, info)

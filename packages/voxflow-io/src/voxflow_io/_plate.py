@@ -1,26 +1,31 @@
-"""OME-Zarr HCS plates: plate -> rows/columns -> wells -> fields, each field a TCZYX image."""
+"""OME-Zarr HCS plates: plate -> rows/columns -> wells -> fields, each field a TCZYX image.
+
+Plates are local folders or object-store URLs (``s3://``, ``gs://``, and ``http(s)://`` for
+reading), with ``storage_options`` as in [open_volume][voxflow_io.open_volume].
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import zarr
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import _ngff
 from ._errors import MetadataError, ParameterError, UnsupportedFormatError, VolumeNotFoundError
 from ._open import open_volume
 from ._pyramid import level_shapes
+from ._remote import RemoteLocation, location
 from ._slices import natural_key
 from ._spec import Compressor, check_image_spec, image_attributes, write_image_group
-from ._store import atomic_folder
-from ._validate import as_path, flag, integer, optional_str, str_sequence
+from ._store import atomic_folder, prepare_remote_target
+from ._validate import flag, integer, optional_str, str_sequence
 from ._volume import Volume
-from ._write import OmeZarrWriter
+from ._write import OmeZarrWriter, write_remote_image_group
 from ._zarr import open_node
 
 logger = logging.getLogger(__name__)
@@ -32,20 +37,23 @@ class PlatePosition(BaseModel):
     """One field of view of one well.
 
     Attributes:
-        plate: Path of the plate store.
+        plate: Path of the plate store, or its URL (a string) for an object store.
         row: Row name, e.g. ``"A"``.
         column: Column name, e.g. ``"1"``.
         field: Field path inside the well, e.g. ``"0"``.
         channel_names: OMERO channel labels of the field image (empty if not recorded).
+        storage_options: fsspec options of a plate URL (None for local plates); never shown in
+            the repr, as they may hold credentials.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    plate: Path
+    plate: Path | str
     row: str
     column: str
     field: str
     channel_names: tuple[str, ...] = ()
+    storage_options: dict[str, Any] | None = Field(default=None, repr=False)
 
     @property
     def well(self) -> str:
@@ -62,11 +70,19 @@ class PlatePosition(BaseModel):
         A field whose writer has not called ``finish()`` is an ``IncompleteStoreError``
         unless ``allow_incomplete`` (see [open_volume][voxflow_io.open_volume]).
         """
-        return open_volume(self.plate, key=self.key, level=level, allow_incomplete=allow_incomplete)
+        return open_volume(
+            self.plate,
+            storage_options=self.storage_options,
+            key=self.key,
+            level=level,
+            allow_incomplete=allow_incomplete,
+        )
 
     def writer(self) -> OmeZarrWriter:
         """Write access to the field image (picklable, for parallel writers)."""
-        return OmeZarrWriter(self.plate / self.key)
+        if isinstance(self.plate, Path):
+            return OmeZarrWriter(self.plate / self.key)
+        return OmeZarrWriter(f"{self.plate}/{self.key}", storage_options=self.storage_options)
 
 
 class Plate:
@@ -75,9 +91,14 @@ class Plate:
     Iterate [positions][voxflow_io.Plate.positions] for every well and field.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = as_path(path)
-        if not self.path.exists():
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path: Path | RemoteLocation = location(path, storage_options)
+        if isinstance(self.path, Path) and not self.path.exists():
             raise VolumeNotFoundError(f"{self.path}: no such plate")
         group = open_node(self.path, None)
         if not isinstance(group, zarr.Group):
@@ -147,8 +168,14 @@ class Plate:
                 key = f"{well.path}/{field}"
                 attrs = self._member(key, "field image").attrs.asdict()
                 _, ome = _ngff.ome_attributes(attrs, f"{self.path}/{key}")
+                plate, options = (
+                    (self.path.url, dict(self.path.storage_options))
+                    if isinstance(self.path, RemoteLocation)
+                    else (self.path, None)
+                )
                 yield PlatePosition(
-                    plate=self.path,
+                    plate=plate,
+                    storage_options=options,
                     row=row,
                     column=column,
                     field=field,
@@ -178,9 +205,17 @@ def _channel_names(ome: Any, where: str) -> tuple[str, ...]:
     return tuple(str(c.get("label", "")) for c in channels)
 
 
-def open_plate(path: str | os.PathLike[str]) -> Plate:
-    """Open an OME-Zarr HCS plate (NGFF 0.4 or 0.5); reads metadata only."""
-    return Plate(path)
+def open_plate(
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> Plate:
+    """Open an OME-Zarr HCS plate (NGFF 0.4 or 0.5); reads metadata only.
+
+    Args:
+        path: Plate folder, or its URL (``s3://``, ``gs://``, ``http(s)://``).
+        storage_options: For URLs only: fsspec filesystem options (see
+            [open_volume][voxflow_io.open_volume]).
+    """
+    return Plate(path, storage_options=storage_options)
 
 
 def create_plate(
@@ -198,11 +233,15 @@ def create_plate(
     ngff_version: _ngff.NgffVersion = "0.5",
     name: str | None = None,
     overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Plate:
     """Create an empty HCS plate atomically; fill fields with ``position.writer()``.
 
     Every field image is marked as being written until its writer's ``finish()``:
-    ``position.open()`` refuses an unfinished field.
+    ``position.open()`` refuses an unfinished field. On object stores (``s3://``, ``gs://``)
+    the creation is not atomic (nothing can be renamed): an existing plate loses its root
+    metadata first, and each field's metadata carries the marker from its first write (see
+    [create_ome_zarr][voxflow_io.create_ome_zarr]).
 
     Args:
         path: Plate folder to create.
@@ -218,14 +257,20 @@ def create_plate(
         ngff_version: ``"0.4"`` or ``"0.5"``.
         name: Plate name (default: folder name).
         overwrite: Replace an existing store.
+        storage_options: For URLs only: fsspec filesystem options (see
+            [open_volume][voxflow_io.open_volume]).
 
     Raises:
         MetadataError: malformed wells, fields, shape, chunks or channel names.
         UnsupportedFormatError: a non-numeric dtype (e.g. complex64) or unknown compressor.
         StoreExistsError: ``path`` exists and ``overwrite`` is False.
+        RemoteStoreError: an ``http(s)://`` URL (read-only), or an object store that cannot
+            be reached or refuses the request.
     """
-    path = as_path(path)
-    where = str(path)
+    target = location(path, storage_options)
+    where = str(target)
+    if isinstance(target, RemoteLocation) and target.read_only:
+        target.store(read_only=False)  # raises: the scheme is read-only
     spec = check_image_spec(
         where,
         shape=shape,
@@ -256,7 +301,7 @@ def create_plate(
     rows = sorted({r for r, _ in parsed}, key=natural_key)
     columns = sorted({c for _, c in parsed}, key=natural_key)
     plate = {
-        "name": name or path.name,
+        "name": name or target.name,
         "rows": [{"name": r} for r in rows],
         "columns": [{"name": c} for c in columns],
         "wells": [
@@ -267,17 +312,34 @@ def create_plate(
     }
     version = spec.ngff_version
     shapes, factors = level_shapes(spec.shape, PLATE_AXES, 1, 1, where)
-    with atomic_folder(path, overwrite=overwrite) as temporary:
-        root = zarr.open_group(str(temporary), mode="w", zarr_format=_ngff.ZARR_FORMAT[version])
-        root.attrs.update(_ngff.wrap(version, "plate", plate))
-        for row, column in parsed:
-            well_group = root.require_group(row).require_group(column)
-            images = [{"path": str(f)} for f in range(fields)]
-            well_group.attrs.update(_ngff.wrap(version, "well", {"images": images}))
-            for field in range(fields):
-                attrs = image_attributes(spec, factors, f"{row}{column}_{field}")
-                write_image_group(temporary / row / column / str(field), attrs, shapes, spec)
+    plate_attrs = _ngff.wrap(version, "plate", plate)
+    well_attrs = _ngff.wrap(version, "well", {"images": [{"path": str(f)} for f in range(fields)]})
+    zarr_format = _ngff.ZARR_FORMAT[version]
+    if isinstance(target, RemoteLocation):
+        with target.errors("creating the plate"):
+            store = prepare_remote_target(target, overwrite=overwrite)
+            root = zarr.create_group(store, attributes=plate_attrs, zarr_format=zarr_format)
+            for row, column in parsed:
+                well_group = root.require_group(row).require_group(column)
+                well_group.attrs.update(well_attrs)
+                for field in range(fields):
+                    attrs = image_attributes(spec, factors, f"{row}{column}_{field}")
+                    write_remote_image_group(
+                        store, attrs, shapes, spec, path=f"{row}/{column}/{field}"
+                    )
+    else:
+        with atomic_folder(target, overwrite=overwrite) as temporary:
+            root = zarr.open_group(str(temporary), mode="w", zarr_format=zarr_format)
+            root.attrs.update(plate_attrs)
+            for row, column in parsed:
+                well_group = root.require_group(row).require_group(column)
+                well_group.attrs.update(well_attrs)
+                for field in range(fields):
+                    attrs = image_attributes(spec, factors, f"{row}{column}_{field}")
+                    write_image_group(temporary / row / column / str(field), attrs, shapes, spec)
     logger.info(
-        "created plate %s: %d wells x %d fields of %s", path, len(parsed), fields, spec.shape
+        "created plate %s: %d wells x %d fields of %s", target, len(parsed), fields, spec.shape
     )
-    return Plate(path)
+    if isinstance(target, RemoteLocation):
+        return Plate(target.url, storage_options=target.storage_options)
+    return Plate(target)

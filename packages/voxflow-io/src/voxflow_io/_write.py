@@ -6,6 +6,10 @@ write disjoint regions of one store without locks: no chunk is read, merged and 
 A created image carries the "being written" marker (``_state``) until
 [OmeZarrWriter.finish][voxflow_io.OmeZarrWriter.finish], so that a writer killed half-way never
 leaves a store that reads as complete.
+
+Images are written to local folders or object stores (``s3://``, ``gs://``; ``http(s)://`` is
+read-only). Local stores are created atomically (``_store.atomic_folder``); object stores
+cannot rename, so there the marker alone guards a killed creation (``_store``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -29,17 +35,27 @@ from ._errors import (
     WindowError,
 )
 from ._pyramid import DOWNSAMPLE_METHODS, DownsampleMethod, downsample, level_shapes
-from ._spec import Compressor, check_image_spec, image_attributes, write_image_group
+from ._remote import RemoteLocation, location
+from ._spec import (
+    Compressor,
+    ImageSpec,
+    _compressors,
+    check_image_spec,
+    image_attributes,
+    write_image_group,
+)
 from ._state import MARKER_KEY, is_marked_incomplete
-from ._store import atomic_folder
+from ._store import atomic_folder, prepare_remote_target
 from ._validate import (
-    as_path,
     flag,
     int_tuple,
     integer,
     optional_str,
 )
 from ._zarr import open_node
+
+if TYPE_CHECKING:
+    from zarr.storage import FsspecStore
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +72,28 @@ class OmeZarrWriter:
         ``write_region`` data: ``(*size)`` with the image's dtype and axes order.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         """Open an image made by [create_ome_zarr][voxflow_io.create_ome_zarr] or a plate field.
+
+        Args:
+            path: Folder of the image, or its ``s3://`` / ``gs://`` URL.
+            storage_options: For URLs only: fsspec filesystem options (see
+                [open_volume][voxflow_io.open_volume]); they travel when the writer is pickled.
 
         Raises:
             FinishedStoreError: the image is finished (or was not created by voxflow-io).
             MetadataError: ``path`` is not an OME-Zarr image group.
+            RemoteStoreError: an ``http(s)://`` URL (read-only), or an object store that
+                cannot be reached or refuses the request.
         """
-        self.path = as_path(path)
+        self.path: Path | RemoteLocation = _target(path, storage_options)
+        if isinstance(self.path, RemoteLocation) and self.path.read_only:
+            self.path.store(read_only=False)  # raises: the scheme is read-only
         ome = self._check_being_written()
         multiscale = _ngff.first_multiscale(ome, str(self.path))
         self.axes = _ngff.axes_string(multiscale.axes, str(self.path))
@@ -71,9 +101,14 @@ class OmeZarrWriter:
         self._arrays: list[zarr.Array] | None = None
         self._finished = False
 
+    def _errors(self, action: str) -> AbstractContextManager[None]:
+        """Transport failures of a remote image as ``RemoteStoreError`` naming the URL."""
+        return self.path.errors(action) if isinstance(self.path, RemoteLocation) else nullcontext()
+
     def _check_being_written(self) -> Mapping[str, Any]:
         """Open the image group, check it is still marked incomplete, return its NGFF dict."""
-        group = open_node(self.path, None)
+        with self._errors("reading the image metadata"):
+            group = open_node(self.path, None)
         if not isinstance(group, zarr.Group):
             raise MetadataError(f"{self.path}: is a zarr array, not an OME-Zarr image group")
         attrs = group.attrs.asdict()
@@ -97,7 +132,8 @@ class OmeZarrWriter:
             self._check_being_written()
             arrays = []
             for level_path in self._level_paths:
-                node = open_node(self.path, level_path, mode="r+")
+                with self._errors(f"opening level {level_path!r}"):
+                    node = open_node(self.path, level_path, mode="r+")
                 if not isinstance(node, zarr.Array):
                     raise MetadataError(f"{self.path}: dataset {level_path!r} is not an array")
                 arrays.append(node)
@@ -194,7 +230,8 @@ class OmeZarrWriter:
                     f"aligned to chunks of {chunk}; start and end must be multiples of {chunk} "
                     f"(or end at {dim}) so that concurrent writers never share a chunk"
                 )
-        array[tuple(slice(s, s + n) for s, n in zip(start_t, data.shape, strict=True))] = data
+        with self._errors(f"writing the region at {start_t} of level {level}"):
+            array[tuple(slice(s, s + n) for s, n in zip(start_t, data.shape, strict=True))] = data
         logger.debug("%s: wrote %s at %s", where, data.shape, start_t)
 
     def build_pyramid(self, method: DownsampleMethod = "mean") -> None:
@@ -224,8 +261,9 @@ class OmeZarrWriter:
                     slice(b.start * f, min(b.stop * f, n))
                     for b, f, n in zip(out_box, factors, source.shape, strict=True)
                 )
-                block = downsample(np.asarray(source[in_box]), factors, method)
-                target[out_box] = block
+                with self._errors(f"building pyramid level {level} at {corner}"):
+                    block = downsample(np.asarray(source[in_box]), factors, method)
+                    target[out_box] = block
             logger.info("%s: built pyramid level %d %s", self.path, level, target.shape)
 
     def finish(self) -> None:
@@ -238,16 +276,17 @@ class OmeZarrWriter:
             FinishedStoreError: the image is already finished.
         """
         self._check_not_finished()
-        group = open_node(self.path, None, mode="r+")
-        if not isinstance(group, zarr.Group):
-            raise MetadataError(f"{self.path}: is a zarr array, not an OME-Zarr image group")
-        attrs = group.attrs.asdict()
-        if not is_marked_incomplete(attrs):
-            raise FinishedStoreError(
-                f"{self.path}: finish() called on an image that is already finished"
-            )
-        del attrs[MARKER_KEY]
-        group.attrs.put(attrs)
+        with self._errors("finishing the image"):
+            group = open_node(self.path, None, mode="r+")
+            if not isinstance(group, zarr.Group):
+                raise MetadataError(f"{self.path}: is a zarr array, not an OME-Zarr image group")
+            attrs = group.attrs.asdict()
+            if not is_marked_incomplete(attrs):
+                raise FinishedStoreError(
+                    f"{self.path}: finish() called on an image that is already finished"
+                )
+            del attrs[MARKER_KEY]
+            group.attrs.put(attrs)
         self._finished = True
         self._arrays = None
         logger.info("%s: finished", self.path)
@@ -269,6 +308,7 @@ def create_ome_zarr(
     channel_names: Sequence[str] | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> OmeZarrWriter:
     """Create an empty OME-Zarr image with all its pyramid levels, atomically.
 
@@ -277,8 +317,15 @@ def create_ome_zarr(
     the writer): ``open_volume`` refuses it until then, so that a writer killed half-way never
     leaves a store whose unwritten chunks read as zeros.
 
+    On object stores (``s3://``, ``gs://``) nothing can be renamed, so the creation is not
+    atomic; the marker guards it instead: an existing store (with ``overwrite``) loses its root
+    metadata before anything else is deleted, and the new group metadata, marker included, is
+    the first object written. A creation killed at any point leaves a prefix that holds no
+    image or one that ``open_volume`` refuses as incomplete. ``http(s)://`` is read-only.
+
     Args:
-        path: Folder to create (conventionally ending in ``.ome.zarr``).
+        path: Folder to create (conventionally ending in ``.ome.zarr``), or an ``s3://`` /
+            ``gs://`` URL.
         shape: Level-0 shape, one integer per axis.
         dtype: Numeric voxel dtype.
         chunks: Chunk shape, one integer per axis (clipped to each level's shape).
@@ -293,6 +340,8 @@ def create_ome_zarr(
         channel_names: Names of the ``c`` axis entries, stored as OMERO channel labels.
         name: Image name (default: the folder name).
         overwrite: Replace an existing store; without it an existing path is an error.
+        storage_options: For URLs only: fsspec filesystem options (see
+            [open_volume][voxflow_io.open_volume]).
 
     Returns:
         An [OmeZarrWriter][voxflow_io.OmeZarrWriter] for the new image.
@@ -302,9 +351,13 @@ def create_ome_zarr(
             (non-integers such as ``10.7`` are refused, never truncated).
         UnsupportedFormatError: a non-numeric dtype or an unknown compressor.
         StoreExistsError: ``path`` exists and ``overwrite`` is False.
+        RemoteStoreError: an ``http(s)://`` URL (read-only, refused before anything is
+            written), or an object store that cannot be reached or refuses the request.
     """
-    path = as_path(path)
-    where = str(path)
+    target = _target(path, storage_options)
+    where = str(target)
+    if isinstance(target, RemoteLocation) and target.read_only:
+        target.store(read_only=False)  # raises: the scheme is read-only
     spec = check_image_spec(
         where,
         shape=shape,
@@ -321,15 +374,59 @@ def create_ome_zarr(
     optional_str(name, "name", where)
     overwrite = flag(overwrite, "overwrite", where)
     shapes, factors = level_shapes(spec.shape, spec.axes, levels, downscale, where)
-    attrs = image_attributes(spec, factors, name or path.name)
-    with atomic_folder(path, overwrite=overwrite) as temporary:
-        write_image_group(temporary, attrs, shapes, spec)
+    attrs = image_attributes(spec, factors, name or target.name)
+    if isinstance(target, RemoteLocation):
+        with target.errors("creating the image"):
+            store = prepare_remote_target(target, overwrite=overwrite)
+            write_remote_image_group(store, attrs, shapes, spec)
+    else:
+        with atomic_folder(target, overwrite=overwrite) as temporary:
+            write_image_group(temporary, attrs, shapes, spec)
     logger.info(
         "created OME-Zarr %s: %s %s axes %r, %d level(s)",
-        path,
+        target,
         spec.shape,
         spec.dtype,
         spec.axes,
         levels,
     )
-    return OmeZarrWriter(path)
+    if isinstance(target, RemoteLocation):
+        return OmeZarrWriter(target.url, storage_options=target.storage_options)
+    return OmeZarrWriter(target)
+
+
+def _target(
+    path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None
+) -> Path | RemoteLocation:
+    """A local path or an object-store location (``file://`` URLs are local paths)."""
+    return location(path, storage_options)
+
+
+def write_remote_image_group(
+    store: FsspecStore,
+    attrs: dict[str, Any],
+    shapes: Sequence[tuple[int, ...]],
+    spec: ImageSpec,
+    *,
+    path: str = "",
+) -> None:
+    """Write the group metadata (with the marker, in one object) and then the empty level
+    arrays of one image at ``path`` inside an object store. The same layout as
+    ``_spec.write_image_group``, which takes only local folders."""
+    zarr_format = _ngff.ZARR_FORMAT[spec.ngff_version]
+    group = zarr.create_group(store, path=path, attributes=attrs, zarr_format=zarr_format)
+    for level, level_shape in enumerate(shapes):
+        extra: dict[str, Any] = (
+            {"dimension_names": list(spec.axes)}
+            if zarr_format == 3
+            else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+        )
+        group.create_array(
+            str(level),
+            shape=level_shape,
+            chunks=tuple(min(c, n) for c, n in zip(spec.chunks, level_shape, strict=True)),
+            dtype=spec.dtype,
+            compressors=_compressors(spec.compressor, zarr_format),
+            fill_value=0,
+            **extra,
+        )

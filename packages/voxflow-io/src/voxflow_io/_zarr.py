@@ -6,6 +6,10 @@ chunk files itself and decodes them with numcodecs on a thread pool: measured on
 of a 64^3-chunked uint16 store (docs/benchmarks.md), zarr-python's asyncio pipeline spent
 2-6x the codec's decode time, tensorstore 1-2.4x, and this reader 0.6-1.7x. Every other
 layout (sharding, transposes, checksums, remote stores) is read through zarr-python itself.
+
+Object-store URLs (``s3://``, ``gs://``, ``http(s)://``) open through zarr-python's
+``FsspecStore`` (see ``_remote``): opening reads metadata only, a window read fetches the
+chunks it touches. A missing chunk object reads as the fill value, as zarr defines it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ._errors import (
     UnsupportedFormatError,
     VolumeNotFoundError,
 )
+from ._remote import RemoteLocation, marked_ancestor
 from ._state import check_complete, incomplete_ancestor
 from ._validate import DEFAULT_MAX_DECODED_BYTES, check_decoded_size
 from ._volume import Reader, VolumeInfo
@@ -59,15 +64,22 @@ METADATA_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
 _METADATA_ERRORS = (ValueError, TypeError, KeyError)
 
 
-def open_node(path: Path, key: str | None, *, mode: str = "r") -> zarr.Array | zarr.Group:
-    """Open the array or group at ``path`` (and ``key`` inside it).
+def open_node(
+    path: Path | RemoteLocation, key: str | None, *, mode: str = "r"
+) -> zarr.Array | zarr.Group:
+    """Open the array or group at ``path`` (and ``key`` inside it); ``path`` is a local folder
+    or a `RemoteLocation` (an object-store URL).
 
     Raises:
-        VolumeNotFoundError: no zarr node there.
+        VolumeNotFoundError: no zarr node there (for ``s3://``/``gs://``, the message says
+            whether the bucket itself is missing).
         CorruptVolumeError: a metadata file is not valid JSON (the file is named).
         MetadataError: the metadata is JSON but not valid zarr metadata.
+        RemoteStoreError: the object store cannot be reached, times out or refuses the request.
     """
     where = f"{path}" if not key else f"{path} (key {key!r})"
+    if isinstance(path, RemoteLocation):
+        return _open_remote_node(path, key, mode, where)
     try:
         return zarr.open(store=str(path), mode=mode, path=key or "")  # type: ignore[arg-type]
     except (zarr.errors.NodeNotFoundError, FileNotFoundError) as exc:
@@ -76,9 +88,30 @@ def open_node(path: Path, key: str | None, *, mode: str = "r") -> zarr.Array | z
         raise metadata_error(path / key if key else path, exc) from exc
 
 
-def metadata_error(folder: Path, exc: BaseException) -> CorruptVolumeError | MetadataError:
+def _open_remote_node(
+    location: RemoteLocation, key: str | None, mode: str, where: str
+) -> zarr.Array | zarr.Group:
+    store = location.store(read_only=mode == "r")
+    with location.errors("opening the zarr metadata"):
+        try:
+            return zarr.open(store=store, mode=mode, path=key or "")  # type: ignore[arg-type]
+        except zarr.errors.NodeNotFoundError as exc:
+            message = location.not_found_message("no zarr array or group found there")
+            if key:
+                message = f"{message} (key {key!r})"
+            raise VolumeNotFoundError(message) from exc
+        except _METADATA_ERRORS as exc:
+            raise metadata_error(location / key if key else location, exc) from exc
+
+
+def metadata_error(
+    folder: Path | RemoteLocation, exc: BaseException
+) -> CorruptVolumeError | MetadataError:
     """The error for zarr metadata in ``folder`` that zarr-python failed to parse, naming the
-    file: the first metadata document that is not valid JSON, or all of them."""
+    file: the first metadata document that is not valid JSON, or all of them (for a remote
+    location: the URL and zarr-python's complaint)."""
+    if isinstance(folder, RemoteLocation):
+        return MetadataError(f"{folder}: invalid zarr metadata: {type(exc).__name__}: {exc}")
     present = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
     for document in present:
         try:
@@ -89,8 +122,21 @@ def metadata_error(folder: Path, exc: BaseException) -> CorruptVolumeError | Met
     return MetadataError(f"{folder}: invalid zarr metadata ({names}): {type(exc).__name__}: {exc}")
 
 
-def open_zarr(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInfo]:
-    """Opener for zarr arrays and OME-Zarr images; options: ``key``, ``level``, ``axes``."""
+def open_zarr(path: Path | RemoteLocation, options: Mapping[str, Any]) -> tuple[Reader, VolumeInfo]:
+    """Opener for zarr arrays and OME-Zarr images; options: ``key``, ``level``, ``axes``.
+
+    ``path`` is a local folder or an object-store location; remote arrays are read through
+    zarr-python (transport failures become ``RemoteStoreError`` naming the URL).
+    """
+    if isinstance(path, RemoteLocation):
+        with path.errors("opening the zarr metadata"):
+            return _open_zarr(path, options)
+    return _open_zarr(path, options)
+
+
+def _open_zarr(
+    path: Path | RemoteLocation, options: Mapping[str, Any]
+) -> tuple[Reader, VolumeInfo]:
     key: str | None = options.get("key")
     level: int = options.get("level", 0)
     axes_override: str | None = options.get("axes")
@@ -113,7 +159,12 @@ def open_zarr(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
                 f"{where}: level {level} requested but a plain zarr array has only level 0"
             )
         array = node
-        marked = incomplete_ancestor(path / key if key else path)
+        node_path = path / key if key else path
+        marked = (
+            marked_ancestor(node_path)
+            if isinstance(node_path, RemoteLocation)
+            else incomplete_ancestor(node_path)
+        )
         if marked is not None:
             check_complete(
                 f"{where} (inside {marked})",
@@ -158,7 +209,9 @@ def open_zarr(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
     )
     eligible, decoder = _fast_path_decoder(array)
     reader: Reader = (
-        ChunkFileReader(array, decoder, where) if eligible else _ZarrPythonReader(array, where)
+        ChunkFileReader(array, decoder, where)
+        if eligible
+        else _ZarrPythonReader(array, where, path if isinstance(path, RemoteLocation) else None)
     )
     logger.debug("%s: opened %s with %s", where, info, type(reader).__name__)
     return reader, info
@@ -176,6 +229,8 @@ def _open_image_level(
     if "multiscales" not in ome:
         try:
             members = sorted(name for name, _ in group.members())
+        except NotImplementedError:
+            members = ["(this store cannot list its members)"]
         except _METADATA_ERRORS as exc:
             raise metadata_error(node_folder(group), exc) from exc
         raise MetadataError(
@@ -189,16 +244,22 @@ def _open_image_level(
             f"{where}: pyramid level {level} requested but the image has levels 0..{n_levels - 1}"
         )
     dataset_path = multiscale.datasets[level].path
+    local = isinstance(group.store, LocalStore)
     folder = node_folder(group) / dataset_path
     try:
         array = group[dataset_path]
     except _METADATA_ERRORS as exc:
-        if isinstance(exc, KeyError) and not any(
-            (folder / name).is_file() for name in METADATA_FILES
+        if isinstance(exc, KeyError) and not (
+            local and any((folder / name).is_file() for name in METADATA_FILES)
         ):
             raise MetadataError(
                 f"{where}: level {level} names dataset {dataset_path!r}, which is not in the "
-                f"group (no zarr metadata in {folder})"
+                f"group (no zarr metadata at {folder if local else dataset_path!r})"
+            ) from exc
+        if not local:
+            raise MetadataError(
+                f"{where}: level {level} dataset {dataset_path!r} has invalid zarr metadata: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
         raise metadata_error(folder, exc) from exc
     if not isinstance(array, zarr.Array):
@@ -260,18 +321,27 @@ def _fast_path_decoder(array: zarr.Array) -> tuple[bool, Codec | None]:
 class _ZarrPythonReader:
     """Reads through zarr-python: sharded, transposed, checksummed or remote arrays."""
 
-    def __init__(self, array: zarr.Array, where: str) -> None:
+    def __init__(self, array: zarr.Array, where: str, remote: RemoteLocation | None = None) -> None:
         self._array = array
         self._where = where
+        self._remote = remote
         self._metadata_file: Path | None = None
         if isinstance(array.store, LocalStore):
             name = "zarr.json" if array.metadata.zarr_format == 3 else ".zarray"
             self._metadata_file = node_folder(array) / name
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
+        if self._remote is not None:
+            with self._remote.errors(f"reading window {box}"):
+                return self._read(box)
+        return self._read(box)
+
+    def _read(self, box: tuple[slice, ...]) -> np.ndarray:
         try:
             data = np.ascontiguousarray(self._array[box])
         except (RuntimeError, ValueError, TypeError, EOFError, OSError, zlib.error) as exc:
+            if self._remote is not None and isinstance(exc, OSError):
+                raise
             raise CorruptVolumeError(
                 f"{self._where}: window {box} cannot be decoded: {type(exc).__name__}: {exc}"
             ) from exc
