@@ -1,6 +1,7 @@
 """``predict`` at scale: resume after a kill (bitwise equal), refusal of another run's output,
 DDP over 2 gloo processes (bitwise equal), empty blocks and masks skipped without the model,
-read amplification with Morton order and the chunk cache.
+read amplification with Morton order and the chunk cache, inputs and outputs on object stores
+(moto's S3 server and a plain HTTP server on the loopback address, started here).
 
 The references are independent of the code under test where it matters: an uninterrupted
 single-process run for resume and DDP (a different code path: no done records read, one rank),
@@ -9,13 +10,16 @@ the brute-force list of blocks whose input region is all zero, and numpy masking
 
 from __future__ import annotations
 
+import functools
 import importlib
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ import numpy as np
 import pytest
 import zarr
 
-from voxflow_io import IncompleteStoreError, create_ome_zarr, open_volume
+from voxflow_io import IncompleteStoreError, RemoteStoreError, create_ome_zarr, open_volume
 from voxflow_segment.config import RunConfig
 from voxflow_segment.errors import OutputExistsError, PredictResumeError
 from voxflow_segment.prediction import predict
@@ -280,3 +284,120 @@ def test_ddp_over_two_gloo_processes_writes_the_same_bytes(
     assert finished.stdout.count("voxflow-segment predict:") == 1  # one summary, from rank 0
     assert "on 2 process(es)" in finished.stdout
     np.testing.assert_array_equal(level0(out), level0(reference))
+
+
+# --------------------------------------------------------------------------- object stores
+S3_KEY, S3_SECRET, BUCKET = "voxflow-key", "voxflow-secret", "predictions"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 (a free port) with one bucket; yields its endpoint."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    ).create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def served(image: tuple[Path, np.ndarray]) -> Iterator[str]:
+    """The input's folder over plain HTTP on 127.0.0.1; yields the input's URL."""
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """No request log on stderr."""
+
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(image[0].parent))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    yield f"http://{host}:{port}/{image[0].name}"
+    server.shutdown()
+    server.server_close()
+
+
+def read_s3(url: str, endpoint: str) -> np.ndarray:
+    options = {"endpoint_url": endpoint, "key": S3_KEY, "secret": S3_SECRET}
+    return open_volume(url, storage_options=options)[...]
+
+
+def test_http_input_to_s3_output_with_aws_variables(
+    checkpoint: Path, served: str, s3: str, reference: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    out = f"s3://{BUCKET}/from-http.ome.zarr"
+    result = predict(checkpoint, served, out, accelerator="cpu", block_shape=BLOCK, progress=False)
+    assert result.output == out
+    np.testing.assert_array_equal(read_s3(out, s3), level0(reference))
+
+
+def test_s3_prediction_resumes_and_is_refused_over_http(
+    checkpoint: Path,
+    image: tuple[Path, np.ndarray],
+    s3: str,
+    served: str,
+    reference: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options = {"endpoint_url": s3, "key": S3_KEY, "secret": S3_SECRET}
+    source = f"s3://{BUCKET}/input.ome.zarr"
+    writer = create_ome_zarr(
+        source,
+        shape=SHAPE,
+        dtype=np.uint16,
+        chunks=(8, 16, 16),
+        axes="zyx",
+        storage_options=options,
+    )
+    writer.write_region((0, 0, 0), image[1])
+    writer.finish()
+    out = f"s3://{BUCKET}/resumed.ome.zarr"
+    original = predict_module.DoneRecord.mark
+    marked: list[int] = []
+
+    def failing(self: Any, number: int) -> None:
+        original(self, number)
+        marked.append(number)
+        if len(marked) == 4:
+            raise RuntimeError("killed by the test")
+
+    arguments: dict[str, Any] = {
+        "accelerator": "cpu",
+        "block_shape": BLOCK,
+        "progress": False,
+        "storage_options": options,
+    }
+    with monkeypatch.context() as patch:
+        patch.setattr(predict_module.DoneRecord, "mark", failing)
+        with pytest.raises(RuntimeError, match="killed by the test"):
+            predict(checkpoint, source, out, **arguments)
+    with pytest.raises(IncompleteStoreError):
+        open_volume(out, storage_options=options)
+    result = predict(checkpoint, source, out, **arguments)
+    assert result.resumed == 4
+    np.testing.assert_array_equal(read_s3(out, s3), level0(reference))
+    with pytest.raises(RemoteStoreError, match=r"http://.*: http:// is read-only"):
+        predict(
+            checkpoint,
+            image[0],
+            served.replace("input", "output"),
+            accelerator="cpu",
+            progress=False,
+        )

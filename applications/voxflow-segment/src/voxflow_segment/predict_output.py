@@ -31,6 +31,7 @@ from voxflow_io import (
     VolumeNotFoundError,
     VoxflowIOError,
     open_volume,
+    zarr_store,
 )
 
 from .errors import OutputExistsError, PredictResumeError
@@ -132,7 +133,7 @@ def _state(location: str, storage_options: Mapping[str, Any] | None) -> str:
         if not path.is_dir():
             return "other"
     try:
-        open_volume(location, **_options(storage_options))
+        open_volume(location, storage_options=storage_options)
     except IncompleteStoreError:
         return "incomplete"
     except VolumeNotFoundError:
@@ -142,29 +143,21 @@ def _state(location: str, storage_options: Mapping[str, Any] | None) -> str:
     return "complete"
 
 
-def _options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {} if storage_options is None else {"storage_options": dict(storage_options)}
-
-
 def _open_group(location: str, storage_options: Mapping[str, Any] | None, mode: str) -> zarr.Group:
-    remote = dict(storage_options) if is_url(location) and storage_options else None
-    return zarr.open_group(location, mode=mode, storage_options=remote)  # type: ignore[arg-type]
+    store = zarr_store(location, storage_options=storage_options, read_only=mode == "r")
+    return zarr.open_group(store, mode=mode)  # type: ignore[arg-type]
 
 
-def remove_existing(location: str, storage_options: Mapping[str, Any] | None) -> None:
-    """Delete what is at ``location`` (local file or folder, or every key under a URL)."""
-    if not is_url(location):
-        path = Path(location)
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+def remove_local(location: str) -> None:
+    """Delete a local file or folder at ``location`` before a new output is created there
+    (an object-store prefix is cleared by ``create_ome_zarr(..., overwrite=True)``)."""
+    if is_url(location):
         return
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(location, **dict(storage_options or {}))
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
+    path = Path(location)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def start_records(
@@ -207,4 +200,4 @@ def finish_output(location: str, storage_options: Mapping[str, Any] | None) -> N
     """Drop the done record and clear the "being written" marker (rank 0, after all ranks)."""
     group = _open_group(location, storage_options, "r+")
     del group[DONE_KEY]
-    OmeZarrWriter(location, **_options(storage_options)).finish()
+    OmeZarrWriter(location, storage_options=storage_options).finish()

@@ -43,7 +43,7 @@ from .predict_output import (
     finish_output,
     inspect_output,
     raise_refusal,
-    remove_existing,
+    remove_local,
     start_records,
 )
 from .volumes import ChannelFirst, SpatialOnly, open_image, open_mask, read_mask
@@ -383,7 +383,7 @@ def predict(
     )
     raise_refusal(decision)
     if rank == 0 and decision.action == "create":
-        remove_existing(location, options)
+        remove_local(location)
         create_ome_zarr(
             location,
             shape=out_shape,
@@ -394,11 +394,12 @@ def predict(
             unit=image.volume.unit,
             channel_names=names if len(out_shape) > dims else None,
             name=Path(location.rstrip("/")).name,
-            **({"storage_options": options} if options else {}),
+            storage_options=options,
+            overwrite=True,  # what is there was refused above unless --overwrite
         )
         start_records(location, len(plan), identity, attributes, options)
     fabric.barrier()
-    writer = OmeZarrWriter(location, **({"storage_options": options} if options else {}))
+    writer = OmeZarrWriter(location, storage_options=options)
     record = DoneRecord(location, options)
     done = record.flags()
     mine = [n for n in plan.shard(num_replicas=world, rank=rank) if not done[n]]

@@ -147,9 +147,7 @@ def _open(
     if not remote and not Path(path).exists():
         raise DataError(f"{path}: {role} not found")
     try:
-        if storage_options:
-            return open_volume(path, level=level, storage_options=dict(storage_options))
-        return open_volume(path, level=level)
+        return open_volume(path, level=level, storage_options=storage_options)
     except VoxflowIOError as exc:
         raise DataError(f"{path}: cannot open the {role}: {exc}") from exc
 

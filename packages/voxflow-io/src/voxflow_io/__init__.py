@@ -29,6 +29,7 @@ from ._errors import (
 from ._open import open_volume
 from ._plate import Plate, PlatePosition, create_plate, open_plate
 from ._pyramid import downsample
+from ._remote import zarr_store
 from ._validate import DEFAULT_MAX_DECODED_BYTES
 from ._volume import Volume, VolumeInfo
 from ._write import OmeZarrWriter, create_ome_zarr
@@ -64,4 +65,5 @@ __all__ = [
     "downsample",
     "open_plate",
     "open_volume",
+    "zarr_store",
 ]

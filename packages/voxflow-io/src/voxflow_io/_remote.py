@@ -308,3 +308,24 @@ def marked_ancestor(node: RemoteLocation) -> RemoteLocation | None:
             return current
         current = current.parent
     return None
+
+
+def zarr_store(
+    value: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    read_only: bool = True,
+) -> Any:
+    """What ``zarr.open_group``/``zarr.open_array`` take as ``store`` for a path or URL: the
+    local path as a string, or an fsspec store with voxflow-io's default timeouts merged into
+    ``storage_options`` (for applications that keep their own arrays beside an image).
+
+    Raises:
+        ParameterError: ``storage_options`` with a local path, or not a dict of string keys.
+        UnsupportedFormatError: a URL scheme voxflow-io cannot open.
+        RemoteStoreError: a missing filesystem package, or writing to ``http(s)://``.
+    """
+    where = location(value, storage_options)
+    if isinstance(where, RemoteLocation):
+        return where.store(read_only=read_only)
+    return str(where)
