@@ -48,6 +48,7 @@ SUBCOMMANDS = {
         "--batch-size",
         "--overlap",
         "--blend",
+        "--chunks",
         "--block-shape",
         "--accelerator",
         "--devices",

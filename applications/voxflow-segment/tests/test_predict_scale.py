@@ -29,7 +29,7 @@ import zarr
 
 from voxflow_io import IncompleteStoreError, RemoteStoreError, create_ome_zarr, open_volume
 from voxflow_segment.config import RunConfig
-from voxflow_segment.errors import OutputExistsError, PredictResumeError
+from voxflow_segment.errors import DataError, OutputExistsError, PredictResumeError
 from voxflow_segment.prediction import predict
 from voxflow_segment.synthetic import make_volume
 from voxflow_slicing import block_plan
@@ -140,6 +140,38 @@ def test_mask_skips_blocks_and_zeroes_voxels_outside_it(
     plan = block_plan(SHAPE, (16, 16, 16), BLOCK, overlap=0.5)
     masked_out = sum(not full[b.region].any() for b in plan)
     assert result.empty >= masked_out > 0
+
+
+def test_blocks_of_several_chunks_give_the_same_bytes(
+    checkpoint: Path, image: tuple[Path, np.ndarray], reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "chunked.ome.zarr"
+    result = predict(
+        checkpoint,
+        image[0],
+        out,
+        accelerator="cpu",
+        chunks=(8, 16, 16),
+        block_shape=BLOCK,
+        progress=False,
+    )
+    assert open_volume(out).chunks == (8, 16, 16)
+    assert result.windows > result.grid_windows  # windows across block borders run twice
+    np.testing.assert_array_equal(level0(out), level0(reference))
+    with pytest.raises(
+        DataError,
+        match=r"block_shape \(12, 32, 32\) must be a multiple of the output chunks \(8, 16, 16\) "
+        r"along every axis \(or span the axis\): axes \[0\] are not",
+    ):
+        predict(
+            checkpoint,
+            image[0],
+            tmp_path / "bad.ome.zarr",
+            accelerator="cpu",
+            chunks=(8, 16, 16),
+            block_shape=(12, 32, 32),
+            progress=False,
+        )
 
 
 def test_read_amplification_with_and_without_the_cache(

@@ -130,6 +130,7 @@ def _predict(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         overlap=args.overlap,
         blend=args.blend,
+        chunks=args.chunks,
         block_shape=args.block_shape,
         accelerator=args.accelerator,
         devices=args.devices,
@@ -149,7 +150,8 @@ def _predict(args: argparse.Namespace) -> None:
         f"{result.seconds:.1f} s on {result.world_size} process(es)\n"
         f"  blocks      {result.blocks}: {result.predicted} predicted, {result.empty} empty "
         f"(written as 0), {result.resumed} finished by an earlier run\n"
-        f"  windows     {result.windows} x {args.tta} flip(s)\n"
+        f"  windows     {result.windows} x {args.tta} flip(s) (the grid has "
+        f"{result.grid_windows}; windows across block borders run in each block)\n"
         f"  input read  {result.read_amplification:.2f}x its size (chunks decoded / bytes needed)"
     )
 
@@ -270,10 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="window weights",
     )
     predict.add_argument(
+        "--chunks",
+        type=int,
+        nargs="+",
+        help="output chunk shape (default: >= 2 patches and 128 voxels per axis)",
+    )
+    predict.add_argument(
         "--block-shape",
         type=int,
         nargs="+",
-        help="spatial block = output chunk shape (default: >= 2 patches and 128 voxels per axis)",
+        help="unit of work, a multiple of the chunks (default: the chunks on a CPU, >= 4 "
+        "patches per axis on a GPU)",
     )
     predict.add_argument(
         "--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"], help="where"
