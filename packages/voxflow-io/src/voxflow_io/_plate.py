@@ -234,6 +234,7 @@ def create_plate(
     name: str | None = None,
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    shards: Sequence[int] | None = None,
 ) -> Plate:
     """Create an empty HCS plate atomically; fill fields with ``position.writer()``.
 
@@ -259,9 +260,14 @@ def create_plate(
         overwrite: Replace an existing store.
         storage_options: For URLs only: fsspec filesystem options (see
             [open_volume][voxflow_io.open_volume]).
+        shards: ``(T, C, Z, Y, X)`` shard shape of every field image, a multiple of
+            ``chunks``, or None (unsharded); NGFF 0.5 only (see
+            [create_ome_zarr][voxflow_io.create_ome_zarr]). Field writers then take regions
+            aligned to the shards (``writer.write_chunks``).
 
     Raises:
-        MetadataError: malformed wells, fields, shape, chunks or channel names.
+        MetadataError: malformed wells, fields, shape, chunks, shards or channel names;
+            shards not a multiple of chunks, or shards with ``ngff_version="0.4"``.
         UnsupportedFormatError: a non-numeric dtype (e.g. complex64) or unknown compressor.
         StoreExistsError: ``path`` exists and ``overwrite`` is False.
         RemoteStoreError: an ``http(s)://`` URL (read-only), or an object store that cannot
@@ -282,6 +288,7 @@ def create_plate(
         compressor=compressor,
         ngff_version=ngff_version,
         channel_names=channel_names,
+        shards=shards,
     )
     if spec.channel_names is None:
         raise MetadataError(f"{where}: channel_names must name the {spec.shape[1]} channels")

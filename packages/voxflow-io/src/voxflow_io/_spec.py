@@ -1,5 +1,5 @@
 """What an OME-Zarr image group to create looks like: checked parameters, NGFF attributes
-(with the "being written" marker) and the empty level arrays."""
+(with the "being written" marker) and the empty level arrays (unsharded or sharded)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ class ImageSpec:
     compressor: str
     ngff_version: str
     channel_names: tuple[str, ...] | None
+    #: Level-0 shard shape (zarr v3 sharding, a multiple of ``chunks``), or None: unsharded.
+    shards: tuple[int, ...] | None = None
 
 
 def check_image_spec(
@@ -66,6 +68,7 @@ def check_image_spec(
     compressor: Any,
     ngff_version: Any,
     channel_names: Any,
+    shards: Any = None,
 ) -> ImageSpec:
     """Validate the parameters that image and plate creation share.
 
@@ -73,8 +76,10 @@ def check_image_spec(
     [create_plate][voxflow_io.create_plate].
 
     Raises:
-        MetadataError: shape, chunks, axes, voxel size, unit, version or channel names are
-            malformed (non-integers such as ``10.7`` are refused, never truncated).
+        MetadataError: shape, chunks, shards, axes, voxel size, unit, version or channel names
+            are malformed (non-integers such as ``10.7`` are refused, never truncated); shards
+            that are not a multiple of chunks, or shards with ``ngff_version="0.4"`` (zarr v2
+            has no sharding).
         UnsupportedFormatError: a non-numeric dtype or an unknown compressor.
     """
     if not isinstance(ngff_version, str) or ngff_version not in _ngff.NGFF_VERSIONS:
@@ -105,9 +110,61 @@ def check_image_spec(
                 f"{where}: channel_names {list(names)} need a 'c' axis of the same length "
                 f"(axes {axes!r}, shape {shape_t})"
             )
+    shards_t = _check_shards(shards, chunks_t, axes, ngff_version, where)
     return ImageSpec(
-        where, shape_t, chunks_t, np_dtype, axes, voxel, unit, compressor, ngff_version, names
+        where,
+        shape_t,
+        chunks_t,
+        np_dtype,
+        axes,
+        voxel,
+        unit,
+        compressor,
+        ngff_version,
+        names,
+        shards_t,
     )
+
+
+def _check_shards(
+    shards: Any, chunks: tuple[int, ...], axes: str, ngff_version: str, where: str
+) -> tuple[int, ...] | None:
+    """The checked shard shape: one integer per axis, a multiple of ``chunks``, zarr v3 only."""
+    if shards is None:
+        return None
+    if _ngff.ZARR_FORMAT[ngff_version] != 3:
+        raise MetadataError(
+            f"{where}: shards {shards!r} need ngff_version '0.5' (zarr v3 sharding); "
+            f"ngff_version {ngff_version!r} is zarr v2, which has no shards: pass shards=None "
+            f"or ngff_version='0.5'"
+        )
+    shards_t = int_tuple(
+        shards, "shards", where, MetadataError, length=len(chunks), minimum=1, axes=axes
+    )
+    for axis, (shard, chunk) in enumerate(zip(shards_t, chunks, strict=True)):
+        if shard % chunk:
+            raise MetadataError(
+                f"{where}: shards {shards_t} must be a multiple of chunks {chunks} on every "
+                f"axis; axis {axis} ({axes[axis]!r}) has shard {shard} and chunk {chunk}"
+            )
+    return shards_t
+
+
+def level_blocks(
+    spec: ImageSpec, level_shape: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Chunk and shard shape of one pyramid level, clipped to its shape.
+
+    Chunks are clipped to the level shape; shards to the level shape rounded up to whole
+    (clipped) chunks, so a shard stays a multiple of the chunk (None when unsharded).
+    """
+    chunks = tuple(min(c, n) for c, n in zip(spec.chunks, level_shape, strict=True))
+    if spec.shards is None:
+        return chunks, None
+    shards = tuple(
+        min(s, -(-n // c) * c) for s, c, n in zip(spec.shards, chunks, level_shape, strict=True)
+    )
+    return chunks, shards
 
 
 def image_attributes(
@@ -133,16 +190,30 @@ def write_image_group(
     zarr_format = _ngff.ZARR_FORMAT[spec.ngff_version]
     group = zarr.open_group(str(folder), mode="w", zarr_format=zarr_format)
     group.attrs.update(attrs)
+    create_level_arrays(group, shapes, spec)
+
+
+def create_level_arrays(
+    group: zarr.Group, shapes: Sequence[tuple[int, ...]], spec: ImageSpec
+) -> None:
+    """Create the empty level arrays ``"0"``, ``"1"``, ... of one image inside ``group``.
+
+    zarr v3 arrays carry ``dimension_names`` and, with ``spec.shards``, the sharding codec
+    (``spec.compressor`` then compresses each inner chunk; one object per shard); zarr v2
+    arrays use ``/``-separated chunk keys.
+    """
+    zarr_format = _ngff.ZARR_FORMAT[spec.ngff_version]
     for level, level_shape in enumerate(shapes):
+        chunks, shards = level_blocks(spec, level_shape)
         extra: dict[str, Any] = (
-            {"dimension_names": list(spec.axes)}
+            {"dimension_names": list(spec.axes), "shards": shards}
             if zarr_format == 3
             else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
         )
         group.create_array(
             str(level),
             shape=level_shape,
-            chunks=tuple(min(c, n) for c, n in zip(spec.chunks, level_shape, strict=True)),
+            chunks=chunks,
             dtype=spec.dtype,
             compressors=_compressors(spec.compressor, zarr_format),
             fill_value=0,

@@ -1,8 +1,11 @@
-"""Write OME-Zarr images: create (atomically), fill chunk-aligned regions, build a pyramid,
-finish.
+"""Write OME-Zarr images: create (atomically), fill aligned regions, build a pyramid, finish.
 
-Regions aligned to the chunk grid rewrite whole chunks only, so any number of processes can
-write disjoint regions of one store without locks: no chunk is read, merged and written back.
+The unit of writing (``OmeZarrWriter.write_chunks``) is the chunk of an unsharded array and
+the shard of a sharded zarr v3 array (``create_ome_zarr(..., shards=...)``: many chunks stored
+in one object). Regions aligned to that grid rewrite whole chunks or shards only, so any
+number of processes can write disjoint regions of one store without locks: nothing is read,
+merged and written back. A partial shard would be read-modify-written, so that two writers of
+one shard could lose each other's data: regions not aligned to the shard grid are refused.
 A created image carries the "being written" marker (``_state``) until
 [OmeZarrWriter.finish][voxflow_io.OmeZarrWriter.finish], so that a writer killed half-way never
 leaves a store that reads as complete.
@@ -39,8 +42,8 @@ from ._remote import RemoteLocation, location
 from ._spec import (
     Compressor,
     ImageSpec,
-    _compressors,
     check_image_spec,
+    create_level_arrays,
     image_attributes,
     write_image_group,
 )
@@ -67,6 +70,10 @@ class OmeZarrWriter:
     The image stays marked incomplete (``open_volume`` refuses it) until
     [finish][voxflow_io.OmeZarrWriter.finish], or the end of a ``with`` block that raised
     nothing. A finished image is not written again.
+
+    Write regions aligned to ``write_chunks`` (the shard shape of a sharded image, else the
+    chunk shape): give each worker process whole blocks of that grid, e.g. one z slab of
+    ``write_chunks[0]`` planes each, and no two workers ever touch the same stored object.
 
     Shapes:
         ``write_region`` data: ``(*size)`` with the image's dtype and axes order.
@@ -150,7 +157,28 @@ class OmeZarrWriter:
 
     @property
     def chunks(self) -> tuple[int, ...]:
+        """Level-0 chunk shape (the inner chunks of a sharded image): the unit of reading."""
         return tuple(self.arrays[0].chunks)
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """Level-0 shard shape of a sharded (zarr v3) image, or None when unsharded."""
+        shards = self.arrays[0].shards
+        return None if shards is None else tuple(shards)
+
+    @property
+    def write_chunks(self) -> tuple[int, ...]:
+        """Level-0 unit of writing: the shard shape if sharded, else the chunk shape.
+
+        ``write_region`` takes only regions whose edges sit on multiples of it (or at the
+        image's end); split parallel work into blocks of this grid. Level ``i`` has its own
+        (clipped) unit: ``write_chunks_of(i)``.
+        """
+        return self.write_chunks_of(0)
+
+    def write_chunks_of(self, level: int) -> tuple[int, ...]:
+        """Unit of writing of pyramid ``level`` (see ``write_chunks``)."""
+        return _write_unit(self.arrays[self._level(level)])
 
     @property
     def dtype(self) -> np.dtype:
@@ -183,10 +211,12 @@ class OmeZarrWriter:
             raise FinishedStoreError(f"{self.path}: finish() was called; the image is complete")
 
     def write_region(self, start: Sequence[int], data: np.ndarray, *, level: int = 0) -> None:
-        """Write ``data`` at ``start``; the region must be aligned to the chunk grid.
+        """Write ``data`` at ``start``; the region must be aligned to the ``write_chunks`` grid.
 
-        Each region edge must sit on a chunk boundary or at the array's end, so every chunk
-        touched is replaced whole and concurrent writers of disjoint regions never collide.
+        Each region edge must sit on a boundary of the write unit (the shard of a sharded
+        image, else the chunk) or at the array's end, so every chunk or shard touched is
+        replaced whole and concurrent writers of disjoint regions never collide. A misaligned
+        region is refused before anything is written.
 
         Args:
             start: First voxel of the region, one integer per axis.
@@ -194,7 +224,8 @@ class OmeZarrWriter:
             level: Pyramid level, from 0 to ``levels - 1``.
 
         Raises:
-            WindowError: misaligned, out-of-bounds, or wrong-rank region; non-integer start.
+            WindowError: a region not aligned to the chunk (unsharded) or shard (sharded)
+                grid, out of bounds or of the wrong rank; a non-integer start.
             LevelOutOfRangeError: ``level`` is not a level of the image.
             MetadataError: ``data`` dtype differs from the image dtype.
             FinishedStoreError: the image was finished.
@@ -215,8 +246,10 @@ class OmeZarrWriter:
             )
         if np.dtype(data.dtype) != np.dtype(array.dtype):
             raise MetadataError(f"{where}: data dtype {data.dtype}, expected {array.dtype}")
-        for axis, (s, n, dim, chunk) in enumerate(
-            zip(start_t, data.shape, array.shape, array.chunks, strict=True)
+        unit = _write_unit(array)
+        what = "chunks" if array.shards is None else "shards"
+        for axis, (s, n, dim, size) in enumerate(
+            zip(start_t, data.shape, array.shape, unit, strict=True)
         ):
             stop = s + n
             if s < 0 or n <= 0 or stop > dim:
@@ -224,18 +257,22 @@ class OmeZarrWriter:
                     f"{where}: region start {start_t} size {data.shape} reaches outside the "
                     f"image of shape {array.shape} along axis {axis} ({self.axes[axis]!r})"
                 )
-            if s % chunk or (stop % chunk and stop != dim):
+            if s % size or (stop % size and stop != dim):
                 raise WindowError(
-                    f"{where}: region [{s}, {stop}) on axis {axis} ({self.axes[axis]!r}) is not "
-                    f"aligned to chunks of {chunk}; start and end must be multiples of {chunk} "
-                    f"(or end at {dim}) so that concurrent writers never share a chunk"
+                    f"{where}: region start {start_t} size {data.shape} is not aligned to the "
+                    f"{what} {unit} on axis {axis} ({self.axes[axis]!r}): [{s}, {stop}) must "
+                    f"start and end on multiples of {size} (or end at {dim}) so that concurrent "
+                    f"writers never share a {what[:-1]}; see OmeZarrWriter.write_chunks"
                 )
         with self._errors(f"writing the region at {start_t} of level {level}"):
             array[tuple(slice(s, s + n) for s, n in zip(start_t, data.shape, strict=True))] = data
         logger.debug("%s: wrote %s at %s", where, data.shape, start_t)
 
     def build_pyramid(self, method: DownsampleMethod = "mean") -> None:
-        """Fill levels 1.. from level 0, chunk by chunk (memory: one block of the level above).
+        """Fill levels 1.. from level 0, one write unit (shard, or chunk) at a time.
+
+        Each shard is assembled in memory chunk by chunk and written once (memory: one shard
+        of the level, plus one chunk's block of the level above).
 
         Args:
             method: ``"mean"`` for images (NaN-propagating, rounded back to integer dtypes),
@@ -251,19 +288,21 @@ class OmeZarrWriter:
             factors = tuple(
                 math.ceil(s / t) for s, t in zip(source.shape, target.shape, strict=True)
             )
-            grid = [range(0, n, c) for n, c in zip(target.shape, target.chunks, strict=True)]
-            for corner in itertools.product(*grid):
-                out_box = tuple(
-                    slice(c, min(c + k, n))
-                    for c, k, n in zip(corner, target.chunks, target.shape, strict=True)
-                )
-                in_box = tuple(
-                    slice(b.start * f, min(b.stop * f, n))
-                    for b, f, n in zip(out_box, factors, source.shape, strict=True)
-                )
+            for unit_box in _blocks(target.shape, _write_unit(target)):
+                corner = tuple(b.start for b in unit_box)
+                block = np.empty(tuple(b.stop - b.start for b in unit_box), target.dtype)
                 with self._errors(f"building pyramid level {level} at {corner}"):
-                    block = downsample(np.asarray(source[in_box]), factors, method)
-                    target[out_box] = block
+                    for out_box in _blocks(target.shape, target.chunks, within=unit_box):
+                        in_box = tuple(
+                            slice(b.start * f, min(b.stop * f, n))
+                            for b, f, n in zip(out_box, factors, source.shape, strict=True)
+                        )
+                        local = tuple(
+                            slice(b.start - c, b.stop - c)
+                            for b, c in zip(out_box, corner, strict=True)
+                        )
+                        block[local] = downsample(np.asarray(source[in_box]), factors, method)
+                    target[unit_box] = block
             logger.info("%s: built pyramid level %d %s", self.path, level, target.shape)
 
     def finish(self) -> None:
@@ -309,6 +348,7 @@ def create_ome_zarr(
     name: str | None = None,
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    shards: Sequence[int] | None = None,
 ) -> OmeZarrWriter:
     """Create an empty OME-Zarr image with all its pyramid levels, atomically.
 
@@ -328,7 +368,8 @@ def create_ome_zarr(
             ``gs://`` URL.
         shape: Level-0 shape, one integer per axis.
         dtype: Numeric voxel dtype.
-        chunks: Chunk shape, one integer per axis (clipped to each level's shape).
+        chunks: Chunk shape, one integer per axis (clipped to each level's shape): the unit
+            of compression and of reading.
         axes: Axis letters from ``"tczyx"`` in storage order (NGFF wants t, c, then space).
         voxel_size: Level-0 physical voxel size per axis (default 1.0).
         unit: Spatial unit, e.g. ``"micrometer"``.
@@ -342,13 +383,20 @@ def create_ome_zarr(
         overwrite: Replace an existing store; without it an existing path is an error.
         storage_options: For URLs only: fsspec filesystem options (see
             [open_volume][voxflow_io.open_volume]).
+        shards: Shard shape, one integer per axis and a multiple of ``chunks`` on each, or
+            None (unsharded). NGFF 0.5 (zarr v3) only. Each shard is one stored object (file)
+            holding its chunks, each compressed on its own and read by byte range: terabyte
+            volumes keep thousands of objects instead of millions. Clipped per level to the
+            level shape rounded up to whole chunks. Regions written must then be aligned to
+            the shards (``OmeZarrWriter.write_chunks``).
 
     Returns:
         An [OmeZarrWriter][voxflow_io.OmeZarrWriter] for the new image.
 
     Raises:
-        MetadataError: malformed shape, chunks, axes, voxel size, levels or downscale
-            (non-integers such as ``10.7`` are refused, never truncated).
+        MetadataError: malformed shape, chunks, shards, axes, voxel size, levels or
+            downscale (non-integers such as ``10.7`` are refused, never truncated); shards not
+            a multiple of chunks, or shards with ``ngff_version="0.4"``.
         UnsupportedFormatError: a non-numeric dtype or an unknown compressor.
         StoreExistsError: ``path`` exists and ``overwrite`` is False.
         RemoteStoreError: an ``http(s)://`` URL (read-only, refused before anything is
@@ -369,6 +417,7 @@ def create_ome_zarr(
         compressor=compressor,
         ngff_version=ngff_version,
         channel_names=channel_names,
+        shards=shards,
     )
     levels = integer(levels, "levels", where, MetadataError, minimum=1)
     optional_str(name, "name", where)
@@ -383,11 +432,13 @@ def create_ome_zarr(
         with atomic_folder(target, overwrite=overwrite) as temporary:
             write_image_group(temporary, attrs, shapes, spec)
     logger.info(
-        "created OME-Zarr %s: %s %s axes %r, %d level(s)",
+        "created OME-Zarr %s: %s %s axes %r, chunks %s, shards %s, %d level(s)",
         target,
         spec.shape,
         spec.dtype,
         spec.axes,
+        spec.chunks,
+        spec.shards,
         levels,
     )
     if isinstance(target, RemoteLocation):
@@ -400,6 +451,24 @@ def _target(
 ) -> Path | RemoteLocation:
     """A local path or an object-store location (``file://`` URLs are local paths)."""
     return location(path, storage_options)
+
+
+def _write_unit(array: zarr.Array) -> tuple[int, ...]:
+    """Shape of the stored objects of ``array``: its shards if sharded, else its chunks."""
+    return tuple(array.shards if array.shards is not None else array.chunks)
+
+
+def _blocks(
+    shape: Sequence[int], block: Sequence[int], *, within: tuple[slice, ...] | None = None
+) -> list[tuple[slice, ...]]:
+    """The boxes of the ``block`` grid over ``shape`` (clipped at its end), in C order; with
+    ``within`` (a box aligned to the grid), only those inside it."""
+    bounds = within or tuple(slice(0, n) for n in shape)
+    ranges = [range(b.start, b.stop, k) for b, k in zip(bounds, block, strict=True)]
+    return [
+        tuple(slice(c, min(c + k, n)) for c, k, n in zip(corner, block, shape, strict=True))
+        for corner in itertools.product(*ranges)
+    ]
 
 
 def write_remote_image_group(
@@ -415,18 +484,4 @@ def write_remote_image_group(
     ``_spec.write_image_group``, which takes only local folders."""
     zarr_format = _ngff.ZARR_FORMAT[spec.ngff_version]
     group = zarr.create_group(store, path=path, attributes=attrs, zarr_format=zarr_format)
-    for level, level_shape in enumerate(shapes):
-        extra: dict[str, Any] = (
-            {"dimension_names": list(spec.axes)}
-            if zarr_format == 3
-            else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
-        )
-        group.create_array(
-            str(level),
-            shape=level_shape,
-            chunks=tuple(min(c, n) for c, n in zip(spec.chunks, level_shape, strict=True)),
-            dtype=spec.dtype,
-            compressors=_compressors(spec.compressor, zarr_format),
-            fill_value=0,
-            **extra,
-        )
+    create_level_arrays(group, shapes, spec)
