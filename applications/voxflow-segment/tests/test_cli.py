@@ -50,6 +50,7 @@ SUBCOMMANDS = {
         "--blend",
         "--chunks",
         "--block-shape",
+        "--sharded",
         "--accelerator",
         "--devices",
         "--num-nodes",

@@ -158,6 +158,20 @@ def test_blocks_of_several_chunks_give_the_same_bytes(
     assert open_volume(out).chunks == (8, 16, 16)
     assert result.windows > result.grid_windows  # windows across block borders run twice
     np.testing.assert_array_equal(level0(out), level0(reference))
+    sharded = tmp_path / "sharded.ome.zarr"
+    predict(
+        checkpoint,
+        image[0],
+        sharded,
+        accelerator="cpu",
+        chunks=(8, 16, 16),
+        block_shape=BLOCK,
+        sharded=True,
+        progress=False,
+    )
+    array = zarr.open_group(str(sharded), mode="r")["0"]
+    assert (array.chunks, array.shards) == ((8, 16, 16), BLOCK)
+    np.testing.assert_array_equal(level0(sharded), level0(reference))
     with pytest.raises(
         DataError,
         match=r"block_shape \(12, 32, 32\) must be a multiple of the output chunks \(8, 16, 16\) "

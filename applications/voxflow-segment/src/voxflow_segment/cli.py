@@ -132,6 +132,7 @@ def _predict(args: argparse.Namespace) -> None:
         blend=args.blend,
         chunks=args.chunks,
         block_shape=args.block_shape,
+        sharded=args.sharded,
         accelerator=args.accelerator,
         devices=args.devices,
         num_nodes=args.num_nodes,
@@ -283,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="unit of work, a multiple of the chunks (default: the chunks on a CPU, >= 4 "
         "patches per axis on a GPU)",
+    )
+    predict.add_argument(
+        "--sharded", action="store_true", help="store each block as one shard (Zarr v3 sharding)"
     )
     predict.add_argument(
         "--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"], help="where"

@@ -239,6 +239,7 @@ def predict(
     blend: str = "gaussian",
     chunks: Sequence[int] | None = None,
     block_shape: Sequence[int] | None = None,
+    sharded: bool = False,
     accelerator: str = "auto",
     devices: int = 1,
     num_nodes: int = 1,
@@ -286,6 +287,9 @@ def predict(
             with them. Default: ``chunks`` on the CPU; on a GPU, where the model's time
             dominates, the multiple of ``chunks`` of at least four patches per axis (see
             :func:`default_blocks`).
+        sharded: Store each block as one shard of a sharded Zarr v3 array (inner chunks
+            ``chunks``): one object per block instead of one per chunk, which object stores
+            and file systems with millions of files prefer.
         accelerator: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"gpu"``/``"cuda"``.
         devices: Processes per node (one per GPU); > 1 runs DDP through Lightning Fabric
             (``gloo`` on CPUs, ``nccl`` on GPUs), launched as Lightning launches training.
@@ -401,6 +405,7 @@ def predict(
         "blend": blend,
         "chunks": list(chunks),
         "block_shape": list(blocks),
+        "sharded": sharded,
         "precision": precision,
     }
     attributes = _attributes(config, model, image, normalizer, probabilities, tta, blend)
@@ -418,6 +423,7 @@ def predict(
             shape=out_shape,
             dtype=dtype,
             chunks=((1,) if len(out_shape) > dims else ()) + chunks,
+            shards=(((1,) if len(out_shape) > dims else ()) + blocks) if sharded else None,
             axes=axes,
             voxel_size=(((1.0,) if len(out_shape) > dims else ()) + tuple(image.voxel_size)),
             unit=image.volume.unit,
