@@ -40,9 +40,15 @@ class ChunkFileReader:
     (gzip, other numcodecs compressors of zarr v2), checked on the decoded bytes. A chunk file
     that does not exist holds the fill value, but only while the array's metadata document is
     still there: a store deleted after opening is an error, not an array of fill values.
+
+    ``stored`` is the dtype of the chunk bytes, in their stored byte order (``<u2`` or ``>u2``);
+    windows come back in native byte order (big-endian chunks are swapped while copied into
+    the window).
     """
 
-    def __init__(self, array: zarr.Array, decoder: Codec | None, where: str) -> None:
+    def __init__(
+        self, array: zarr.Array, decoder: Codec | None, where: str, stored: np.dtype
+    ) -> None:
         self._where = where
         self._root = node_folder(array)
         self._metadata = array.metadata
@@ -50,7 +56,8 @@ class ChunkFileReader:
             "zarr.json" if array.metadata.zarr_format == 3 else ".zarray"
         )
         self._chunks = tuple(int(c) for c in array.chunks)
-        self._dtype = np.dtype(array.dtype)
+        self._stored = stored
+        self._dtype = stored.newbyteorder("=")
         self._fill = array.fill_value if array.fill_value is not None else 0
         self._decoder = decoder
         self._local = threading.local()
@@ -59,7 +66,7 @@ class ChunkFileReader:
         """This thread's decoded-chunk buffer and a raw buffer of at least ``nbytes``."""
         local = self._local
         if getattr(local, "chunk", None) is None:
-            local.chunk = np.empty(self._chunks, self._dtype)
+            local.chunk = np.empty(self._chunks, self._stored)
             local.raw = bytearray(0)
         if len(local.raw) < nbytes:
             local.raw = bytearray(max(nbytes, local.chunk.nbytes + 1024))
@@ -137,14 +144,14 @@ class ChunkFileReader:
         self, path: Path, index: tuple[int, ...], data: memoryview, chunk: np.ndarray
     ) -> np.ndarray:
         """Decode one chunk's bytes; anything but exactly ``chunk.nbytes`` bytes is an error."""
-        expected = f"{chunk.nbytes} bytes ({self._chunks} of {self._dtype})"
+        expected = f"{chunk.nbytes} bytes ({self._chunks} of {self._stored})"
         if self._decoder is None:
             if len(data) != chunk.nbytes:
                 raise CorruptVolumeError(
                     f"{path}: uncompressed chunk {index} of {self._where} has {len(data)} bytes, "
                     f"expected {expected}"
                 )
-            return np.frombuffer(data, self._dtype).reshape(self._chunks)
+            return np.frombuffer(data, self._stored).reshape(self._chunks)
         found = _decoded_nbytes(self._decoder, data)
         if found is not None and found != chunk.nbytes:
             raise CorruptVolumeError(
@@ -168,7 +175,7 @@ class ChunkFileReader:
                 f"{path}: chunk {index} of {self._where} decodes to {decoded.nbytes} bytes, "
                 f"expected {expected}"
             )
-        return decoded.view(self._dtype).reshape(self._chunks)
+        return decoded.view(self._stored).reshape(self._chunks)
 
     def close(self) -> None:
         """Nothing stays open between reads."""

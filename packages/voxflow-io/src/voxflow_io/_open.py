@@ -7,7 +7,10 @@ import logging
 import os
 import stat
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zarr
 
 from ._errors import (
     CorruptVolumeError,
@@ -19,6 +22,7 @@ from ._errors import (
 )
 from ._files import file_kind
 from ._npy import open_npy
+from ._objects import is_tensorstore, open_tensorstore_object, open_zarr_object
 from ._remote import RemoteLocation, location
 from ._slices import open_slices
 from ._tiff import TIFF_SUFFIXES, open_tiff
@@ -26,11 +30,14 @@ from ._validate import DEFAULT_MAX_DECODED_BYTES, decoded_limit, flag, integer
 from ._volume import Opener, Source, Volume
 from ._zarr import is_zarr, open_zarr
 
+if TYPE_CHECKING:
+    import tensorstore
+
 logger = logging.getLogger(__name__)
 
 
 def open_volume(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | zarr.Array | zarr.Group | tensorstore.TensorStore,
     *,
     storage_options: Mapping[str, Any] | None = None,
     key: str | None = None,
@@ -51,6 +58,14 @@ def open_volume(
         * A folder of 2D TIFF or PNG slices, stacked along z in natural order.
         * ``.npy`` (memory-mapped).
 
+    Objects already opened also work: a zarr-python ``zarr.Array`` or ``zarr.Group`` (an
+    OME-Zarr image, or a group holding ``key``) in a local or fsspec store, and a
+    ``tensorstore.TensorStore`` handle. Axes come from the NGFF metadata, else the zarr
+    dimension names (tensorstore dimension labels), else ``axes``, else the defaults. The volume
+    reads through the object; pickled, it reopens the store from its location (folder, or URL
+    and ``storage_options``) or the tensorstore spec. An object in an in-memory store opens,
+    but its volume refuses to be pickled.
+
     Zarr stores (every layout above) also open from object-store URLs: ``s3://``, ``gs://``,
     ``http(s)://`` (read through zarr-python's fsspec store; ``pip install
     'voxflow-io[remote]'``), and ``file://`` URLs name local paths. The returned volume carries
@@ -58,7 +73,8 @@ def open_volume(
     DDP ranks).
 
     Args:
-        path: File or folder, or the URL of a zarr store.
+        path: File or folder, the URL of a zarr store, a zarr array or group, or a
+            tensorstore handle.
         storage_options: For URLs only: options of the fsspec filesystem, as in fsspec, pandas
             and xarray, e.g. ``{"endpoint_url": "http://127.0.0.1:9000", "key": ...,
             "secret": ...}`` or ``{"anon": True}`` for s3. Without them s3 reads the standard
@@ -84,7 +100,8 @@ def open_volume(
 
     Raises:
         ParameterError: an argument has the wrong type (e.g. a float level), ``path`` is
-            an empty string, or ``storage_options`` were given with a local path.
+            an empty string, or ``storage_options`` were given with a local path or an
+            object. Pickling the volume of an object in an in-memory store.
         VolumeNotFoundError: ``path`` (or ``key`` inside it) does not exist.
         UnsupportedFormatError: the path is not a format listed above, or not a regular file
             or folder (a named pipe, a device).
@@ -97,8 +114,19 @@ def open_volume(
         RemoteStoreError: the object store cannot be reached, times out or refuses the
             request (the URL is named), or the filesystem package is not installed.
     """
-    target = location(path, storage_options)
-    where = str(target)
+    is_object = isinstance(path, (zarr.Array, zarr.Group)) or is_tensorstore(path)
+    if not is_object and not isinstance(path, (str, os.PathLike)):
+        raise ParameterError(
+            f"open_volume takes a path, a URL, a zarr.Array or zarr.Group, or a "
+            f"tensorstore.TensorStore; found {type(path).__module__}.{type(path).__qualname__}"
+        )
+    if is_object and storage_options is not None:
+        raise ParameterError(
+            f"{type(path).__qualname__}: storage_options apply to URLs only; an opened "
+            f"{type(path).__qualname__} reads through its own store"
+        )
+    target = location(path, storage_options) if isinstance(path, (str, os.PathLike)) else path
+    where = str(target) if isinstance(target, (Path, RemoteLocation)) else _describe(target)
     if key is not None and (not isinstance(key, str) or not key.strip("/")):
         raise ParameterError(f"{where}: key must be a non-empty string or None, found {key!r}")
     level = integer(level, "level", where)
@@ -118,9 +146,18 @@ def open_volume(
         "level": level,
         "max_decoded_bytes": max_decoded_bytes,
     }
+    if isinstance(target, Path):
+        return _open_local(target, key, series, allow_incomplete, options)
     if isinstance(target, RemoteLocation):
         return _open_remote(target, key, allow_incomplete, options)
-    path = target
+    return _open_object(target, key, allow_incomplete, options)
+
+
+def _open_local(
+    path: Path, key: str | None, series: int, allow_incomplete: bool, options: dict[str, object]
+) -> Volume:
+    """Open a local file or folder (metadata only)."""
+    level = options["level"]
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError) as exc:
@@ -169,9 +206,36 @@ def _open_remote(
         )
     options["key"] = key
     options["allow_incomplete"] = allow_incomplete
-    # Source.path is typed as a Path; a RemoteLocation stands in for it (str() is the URL,
-    # and it pickles with its storage_options).
-    source = Source(open_zarr, target, options)  # type: ignore[arg-type]
+    source = Source(open_zarr, target, options)
     reader, info = source.open()
     logger.debug("opened %s: shape %s %s axes %r", target, info.shape, info.dtype, info.axes)
     return Volume(source, reader, info)
+
+
+def _open_object(
+    value: zarr.Array | zarr.Group | tensorstore.TensorStore,
+    key: str | None,
+    allow_incomplete: bool,
+    options: dict[str, object],
+) -> Volume:
+    """Open a zarr array or group object, or a tensorstore handle (metadata only)."""
+    if isinstance(value, (zarr.Array, zarr.Group)):
+        options["key"] = key
+        options["allow_incomplete"] = allow_incomplete
+        source, reader, info = open_zarr_object(value, options)
+    else:
+        if key is not None:
+            raise UnsupportedFormatError(
+                f"{_describe(value)}: key={key!r} applies to zarr groups only"
+            )
+        source, reader, info = open_tensorstore_object(value, options)
+    logger.debug("opened %s: shape %s %s axes %r", source.path, info.shape, info.dtype, info.axes)
+    return Volume(source, reader, info)
+
+
+def _describe(value: object) -> str:
+    """The type and the store path (zarr) or kvstore URL (tensorstore) of an object."""
+    if isinstance(value, (zarr.Array, zarr.Group)):
+        return f"zarr {type(value).__qualname__} {value.store_path}"
+    kvstore = getattr(value, "kvstore", None)
+    return f"tensorstore {type(value).__qualname__} {kvstore.url if kvstore is not None else ''}"

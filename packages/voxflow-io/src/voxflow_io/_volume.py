@@ -12,7 +12,8 @@ from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
-from ._errors import MetadataError, WindowError
+from ._errors import MetadataError, ParameterError, WindowError
+from ._remote import RemoteLocation
 from ._validate import int_tuple, is_integer
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ class VolumeInfo:
             raise MetadataError(f"voxel_size {self.voxel_size} must be finite and positive")
 
 
-Opener: TypeAlias = Callable[[Path, Mapping[str, Any]], tuple[Reader, VolumeInfo]]
+#: ``opener(path, options)``: ``path`` is the `Source`'s path, a local `Path` for every opener,
+#: or a `RemoteLocation` for the openers that also read object stores (zarr, tensorstore).
+Opener: TypeAlias = Callable[[Any, Mapping[str, Any]], tuple[Reader, VolumeInfo]]
 
 
 @dataclass(frozen=True)
@@ -73,16 +76,28 @@ class Source:
 
     Only this travels when a [Volume][voxflow_io.Volume] is pickled; the file handle is reopened
     on first read in the receiving process.
+
+    Attributes:
+        opener: Module-level function that opens ``path`` with ``options``.
+        path: Local file or folder, or the `RemoteLocation` (URL and ``storage_options``) of an
+            object-store node.
+        options: Keyword options of the opener.
+        unpicklable: Why this source cannot be reopened in another process (e.g. a zarr array
+            in an in-memory store, whose live object then sits in ``options``), or None. Such a
+            source opens and reads in this process and its forks, but refuses to be pickled.
     """
 
     opener: Opener
-    path: Path
+    path: Path | RemoteLocation
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    unpicklable: str | None = None
 
     def open(self) -> tuple[Reader, VolumeInfo]:
         return self.opener(self.path, self.options)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self.unpicklable is not None:
+            raise ParameterError(self.unpicklable)
         return (Source, (self.opener, self.path, dict(self.options)))
 
 
@@ -106,8 +121,9 @@ class Volume:
 
     # -- metadata ------------------------------------------------------------------------
     @property
-    def path(self) -> Path:
-        """File or folder the volume was opened from."""
+    def path(self) -> Path | RemoteLocation:
+        """File or folder the volume was opened from, or the `RemoteLocation` of an object-store
+        node (``str()`` of it is the URL)."""
         return self._source.path
 
     @property

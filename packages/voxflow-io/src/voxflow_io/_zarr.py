@@ -4,8 +4,10 @@ zarr-python reads the metadata. Voxels of local, unsharded stores whose codec ch
 ``bytes`` plus at most one compressor are read by ``_chunks.ChunkFileReader``, which reads the
 chunk files itself and decodes them with numcodecs on a thread pool: measured on 128^3 windows
 of a 64^3-chunked uint16 store (docs/benchmarks.md), zarr-python's asyncio pipeline spent
-2-6x the codec's decode time, tensorstore 1-2.4x, and this reader 0.6-1.7x. Every other
-layout (sharding, transposes, checksums, remote stores) is read through zarr-python itself.
+2-6x the codec's decode time, tensorstore 1-2.4x, and this reader 0.6-1.7x. Either byte
+order qualifies (zarr v2 spells it in the dtype, e.g. NGFF 0.4's ``"<u2"``; v3 in the ``bytes``
+codec); reads always return native byte order. Every other layout (sharding, transposes,
+checksums, remote stores) is read through zarr-python itself.
 
 Object-store URLs (``s3://``, ``gs://``, ``http(s)://``) open through zarr-python's
 ``FsspecStore`` (see ``_remote``): opening reads metadata only, a window read fetches the
@@ -18,7 +20,6 @@ import json
 import logging
 import math
 import os
-import sys
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,7 +62,7 @@ def is_zarr(path: Path) -> bool:
 METADATA_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
 # What zarr-python raises on metadata it cannot parse: broken JSON (ValueError), missing or
 # mistyped fields (KeyError, TypeError, zarr's own ValueErrors).
-_METADATA_ERRORS = (ValueError, TypeError, KeyError)
+METADATA_ERRORS = (ValueError, TypeError, KeyError)
 
 
 def open_node(
@@ -84,7 +85,7 @@ def open_node(
         return zarr.open(store=str(path), mode=mode, path=key or "")  # type: ignore[arg-type]
     except (zarr.errors.NodeNotFoundError, FileNotFoundError) as exc:
         raise VolumeNotFoundError(f"{where}: no zarr array or group found there") from exc
-    except _METADATA_ERRORS as exc:
+    except METADATA_ERRORS as exc:
         raise metadata_error(path / key if key else path, exc) from exc
 
 
@@ -100,7 +101,7 @@ def _open_remote_node(
             if key:
                 message = f"{message} (key {key!r})"
             raise VolumeNotFoundError(message) from exc
-        except _METADATA_ERRORS as exc:
+        except METADATA_ERRORS as exc:
             raise metadata_error(location / key if key else location, exc) from exc
 
 
@@ -123,27 +124,30 @@ def metadata_error(
 
 
 def open_zarr(path: Path | RemoteLocation, options: Mapping[str, Any]) -> tuple[Reader, VolumeInfo]:
-    """Opener for zarr arrays and OME-Zarr images; options: ``key``, ``level``, ``axes``.
+    """Opener for zarr arrays and OME-Zarr images; options: ``key``, ``level``, ``axes``,
+    ``allow_incomplete``, ``max_decoded_bytes``.
 
     ``path`` is a local folder or an object-store location; remote arrays are read through
     zarr-python (transport failures become ``RemoteStoreError`` naming the URL).
     """
+    key: str | None = options.get("key")
     if isinstance(path, RemoteLocation):
         with path.errors("opening the zarr metadata"):
-            return _open_zarr(path, options)
-    return _open_zarr(path, options)
+            return node_reader(open_node(path, key), path, options)
+    return node_reader(open_node(path, key), path, options)
 
 
-def _open_zarr(
-    path: Path | RemoteLocation, options: Mapping[str, Any]
+def node_reader(
+    node: zarr.Array | zarr.Group, path: Path | RemoteLocation | None, options: Mapping[str, Any]
 ) -> tuple[Reader, VolumeInfo]:
+    """Reader and metadata of an opened zarr node (``options["key"]`` is its path below
+    ``path``, the store's root location; None: a store without one, named by the node)."""
     key: str | None = options.get("key")
     level: int = options.get("level", 0)
     axes_override: str | None = options.get("axes")
     allow_incomplete: bool = options.get("allow_incomplete", False)
     max_decoded_bytes: int = options.get("max_decoded_bytes", DEFAULT_MAX_DECODED_BYTES)
-    where = f"{path}" if not key else f"{path}[{key!r}]"
-    node = open_node(path, key)
+    where = str(node.store_path) if path is None else f"{path}[{key!r}]" if key else f"{path}"
     voxel_size: tuple[float, ...] | None = None
     unit = None
     if isinstance(node, zarr.Group):
@@ -159,18 +163,7 @@ def _open_zarr(
                 f"{where}: level {level} requested but a plain zarr array has only level 0"
             )
         array = node
-        node_path = path / key if key else path
-        marked = (
-            marked_ancestor(node_path)
-            if isinstance(node_path, RemoteLocation)
-            else incomplete_ancestor(node_path)
-        )
-        if marked is not None:
-            check_complete(
-                f"{where} (inside {marked})",
-                {"voxflow_io": {"state": "incomplete"}},
-                allow_incomplete=allow_incomplete,
-            )
+        _check_ancestors(path, key, where, allow_incomplete)
         names = _dimension_names(array)
         if axes_override is not None:
             axes = validate_axes(axes_override, array.ndim, where)
@@ -184,11 +177,12 @@ def _open_zarr(
         else:
             axes = default_axes(array.ndim, where)
     axes = validate_axes(axes, array.ndim, where)
-    dtype = np.dtype(array.dtype)
-    if dtype.kind not in "biuf":
+    stored = np.dtype(array.dtype)
+    if stored.kind not in "biuf":
         raise UnsupportedFormatError(
-            f"{where}: dtype {dtype} is not a numeric image type (bool, int, uint or float)"
+            f"{where}: dtype {stored} is not a numeric image type (bool, int, uint or float)"
         )
+    dtype = stored.newbyteorder("=")
     chunks = tuple(int(c) for c in array.chunks)
     if any(c < 1 for c in chunks):
         raise MetadataError(
@@ -207,14 +201,38 @@ def _open_zarr(
         chunks=chunks,
         unit=unit,
     )
-    eligible, decoder = _fast_path_decoder(array)
+    chunk_dtype, decoder = fast_path(array)
     reader: Reader = (
-        ChunkFileReader(array, decoder, where)
-        if eligible
+        ChunkFileReader(array, decoder, where, chunk_dtype)
+        if chunk_dtype is not None
         else _ZarrPythonReader(array, where, path if isinstance(path, RemoteLocation) else None)
     )
     logger.debug("%s: opened %s with %s", where, info, type(reader).__name__)
     return reader, info
+
+
+def _check_ancestors(
+    path: Path | RemoteLocation | None, key: str | None, where: str, allow_incomplete: bool
+) -> None:
+    """Refuse an array inside an image or plate that its writer has not finished.
+
+    A store without a location (in memory) is not checked: voxflow-io writes only to paths
+    and URLs, so no marker of its writer can be there.
+    """
+    if path is None:
+        return
+    node_path = path / key if key else path
+    marked = (
+        marked_ancestor(node_path)
+        if isinstance(node_path, RemoteLocation)
+        else incomplete_ancestor(node_path)
+    )
+    if marked is not None:
+        check_complete(
+            f"{where} (inside {marked})",
+            {"voxflow_io": {"state": "incomplete"}},
+            allow_incomplete=allow_incomplete,
+        )
 
 
 def _open_image_level(
@@ -231,7 +249,7 @@ def _open_image_level(
             members = sorted(name for name, _ in group.members())
         except NotImplementedError:
             members = ["(this store cannot list its members)"]
-        except _METADATA_ERRORS as exc:
+        except METADATA_ERRORS as exc:
             raise metadata_error(node_folder(group), exc) from exc
         raise MetadataError(
             f"{where}: zarr group without OME-NGFF multiscales metadata; pass key= naming one "
@@ -248,7 +266,7 @@ def _open_image_level(
     folder = node_folder(group) / dataset_path
     try:
         array = group[dataset_path]
-    except _METADATA_ERRORS as exc:
+    except METADATA_ERRORS as exc:
         if isinstance(exc, KeyError) and not (
             local and any((folder / name).is_file() for name in METADATA_FILES)
         ):
@@ -285,36 +303,41 @@ def _dimension_names(array: zarr.Array) -> str | None:
     return "".join(names).lower()
 
 
-def _fast_path_decoder(array: zarr.Array) -> tuple[bool, Codec | None]:
-    """Whether the chunk-file reader can read ``array``, and its numcodecs codec (None: raw)."""
-    ineligible: tuple[bool, Codec | None] = (False, None)
-    if not isinstance(array.store, LocalStore) or np.dtype(array.dtype).kind not in "biuf":
+def fast_path(array: zarr.Array) -> tuple[np.dtype | None, Codec | None]:
+    """Whether the chunk-file reader can read ``array``: the dtype of its chunk bytes in their
+    stored byte order (None: it cannot) and its numcodecs codec (None: raw bytes).
+
+    zarr v2 metadata spells the byte order in the dtype (``"<u2"``, ``">u2"``), zarr v3 in the
+    ``bytes`` codec; either order is read here (big-endian chunks are swapped on copy).
+    """
+    ineligible: tuple[np.dtype | None, Codec | None] = (None, None)
+    stored = np.dtype(array.dtype)
+    if not isinstance(array.store, LocalStore) or stored.kind not in "biuf":
         return ineligible
     metadata = array.metadata
     if metadata.zarr_format == 2:
         if metadata.filters or metadata.order != "C":
             return ineligible
-        if np.dtype(array.dtype).byteorder not in "=|" and np.dtype(array.dtype).itemsize > 1:
-            return ineligible
-        return True, metadata.compressor
+        # The dtype of v2 metadata carries the stored byte order.
+        return stored, metadata.compressor
     codecs = metadata.codecs
     first = codecs[0]
     if not isinstance(first, BytesCodec):
         return ineligible
-    if first.endian is not None and first.endian.value != sys.byteorder:
-        return ineligible
+    if first.endian is not None and stored.itemsize > 1:
+        stored = stored.newbyteorder("<" if first.endian.value == "little" else ">")
     rest = codecs[1:]
     if not rest:
-        return True, None
+        return stored, None
     if len(rest) != 1:
         return ineligible
     compressor = rest[0]
     if isinstance(compressor, ZstdCodec) and not compressor.checksum:
-        return True, numcodecs.Zstd(level=compressor.level)
+        return stored, numcodecs.Zstd(level=compressor.level)
     if isinstance(compressor, BloscCodec):
-        return True, numcodecs.Blosc()
+        return stored, numcodecs.Blosc()
     if isinstance(compressor, GzipCodec):
-        return True, numcodecs.GZip(level=compressor.level)
+        return stored, numcodecs.GZip(level=compressor.level)
     return ineligible
 
 
@@ -323,6 +346,7 @@ class _ZarrPythonReader:
 
     def __init__(self, array: zarr.Array, where: str, remote: RemoteLocation | None = None) -> None:
         self._array = array
+        self._dtype = np.dtype(array.dtype).newbyteorder("=")
         self._where = where
         self._remote = remote
         self._metadata_file: Path | None = None
@@ -338,7 +362,8 @@ class _ZarrPythonReader:
 
     def _read(self, box: tuple[slice, ...]) -> np.ndarray:
         try:
-            data = np.ascontiguousarray(self._array[box])
+            # Native byte order: zarr v2 returns big-endian stores as they are stored.
+            data = np.ascontiguousarray(self._array[box], dtype=self._dtype)
         except (RuntimeError, ValueError, TypeError, EOFError, OSError, zlib.error) as exc:
             if self._remote is not None and isinstance(exc, OSError):
                 raise
