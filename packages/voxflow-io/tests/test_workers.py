@@ -35,7 +35,8 @@ CONTEXTS = [
             "fork" not in multiprocessing.get_all_start_methods(), reason="no fork"
         ),
     ),
-    "spawn",
+    # spawn imports torch in each worker: over 20 s here, so it runs once, in the README command
+    pytest.param("spawn", marks=pytest.mark.slow),
 ]
 
 
