@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='fsspec options for URLs as JSON, e.g. \'{"endpoint_url": "http://host:9000"}\'',
     )
     predict.add_argument(
-        "--cache-mb", type=int, default=512, help="decoded input chunks kept per process (MiB)"
+        "--cache-mb", type=int, default=256, help="decoded input chunks kept per process (MiB)"
     )
     predict.add_argument("--config", type=Path, help="refuse a checkpoint of another model config")
     predict.add_argument("--no-progress", action="store_true")

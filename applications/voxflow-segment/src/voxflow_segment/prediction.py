@@ -222,7 +222,7 @@ class PredictResult:
     rank: int
 
 
-DEFAULT_CACHE_BYTES = 512 << 20
+DEFAULT_CACHE_BYTES = 256 << 20
 """Input chunk cache per process (see :func:`predict`)."""
 
 
@@ -587,11 +587,12 @@ def _cache_chunks(image: ChannelFirst, blocks: tuple[int, ...]) -> tuple[int, ..
 
 @dataclass
 class _Prepared:
-    """A block's normalised input on the model's device, or None for an empty block."""
+    """A block's input, or None for an empty block."""
 
     block: Block
-    data: torch.Tensor | None  # (C, *input_region shape) float32
+    data: np.ndarray | None  # (C, *input_region shape): stored dtype, or float32 if normalized
     keep: np.ndarray | None  # (*region inside the input) bool, where a mask is given
+    normalized: bool = True
 
 
 class _BlockRunner:
@@ -652,21 +653,20 @@ class _BlockRunner:
         raw = self.source[(..., *box)]
         if not raw.any():
             return _Prepared(block, None, None)
-        data = self.normalizer(raw)
-        if not np.isfinite(data).all():
+        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
             region = ", ".join(
                 f"{a} {i.start}:{i.stop}" for a, i in zip("zyx"[-len(box) :], box, strict=True)
             )
             raise DataError(f"{self.where}: the region {region} holds NaN or infinite intensities")
         extent = tuple(r.stop - r.start for r in block.input_region)
-        if data.shape[1:] != extent:  # pad the end of axes shorter than the patch with 0
-            padded = np.zeros((data.shape[0], *extent), np.float32)
-            padded[(slice(None), *(slice(0, n) for n in data.shape[1:]))] = data
-            data = padded
-        # Once per block: the windows (overlapping 2^D times at overlap 0.5) are cut on the
-        # device, not copied there one by one.
-        tensor = torch.from_numpy(np.ascontiguousarray(data, np.float32))
-        return _Prepared(block, tensor.to(self.forward.device), keep)
+        if raw.shape[1:] == extent:
+            # Kept in its stored dtype (half of float32 for uint16) and normalised window by
+            # window: two blocks are in flight, so this halves the input's share of memory.
+            return _Prepared(block, raw, keep, normalized=False)
+        # An axis shorter than the patch: pad the end with 0 after normalisation.
+        padded = np.zeros((raw.shape[0], *extent), np.float32)
+        padded[(slice(None), *(slice(0, n) for n in raw.shape[1:]))] = self.normalizer(raw)
+        return _Prepared(block, padded, keep, normalized=True)
 
     def blend_block(self, prepared: _Prepared) -> np.ndarray | None:
         """The block's output ``([C,] *region inside the input)``, or None when empty."""
@@ -677,20 +677,22 @@ class _BlockRunner:
         accumulator = Accumulator(block, mode=self.blend)  # type: ignore[arg-type]
         for first in range(0, len(block.windows), self.batch_size):
             starts = block.windows[first : first + self.batch_size]
-            batch = torch.stack(
-                [
-                    data[
-                        (
-                            slice(None),
-                            *(
-                                slice(s - o, s - o + p)
-                                for s, o, p in zip(start, offset, block.patch, strict=True)
-                            ),
-                        )
-                    ]
-                    for start in starts
+            cut = [
+                data[
+                    (
+                        slice(None),
+                        *(
+                            slice(s - o, s - o + p)
+                            for s, o, p in zip(start, offset, block.patch, strict=True)
+                        ),
+                    )
                 ]
-            )
+                for start in starts
+            ]
+            # (the normaliser takes one (C, *patch) window: its statistics are per channel)
+            windows = np.stack(cut if prepared.normalized else [self.normalizer(w) for w in cut])
+            batch = torch.from_numpy(np.ascontiguousarray(windows, np.float32))
+            batch = batch.to(self.forward.device, non_blocking=True)
             accumulator.add(self.forward(batch), starts)
         blended = accumulator.result()
         crop = tuple(slice(0, s.stop - s.start) for s in self._inside(block))
