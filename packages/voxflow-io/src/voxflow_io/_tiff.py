@@ -1,9 +1,10 @@
 """TIFF volumes: 2D, multi-page stacks, tiled, BigTIFF, OME-TIFF, ImageJ hyperstacks.
 
 Uncompressed series stored contiguously are memory-mapped, so a window read is a copy of the
-bytes it covers. Every other series (compressed, tiled, scattered pages) is read through
-tifffile's zarr store over the series, which decodes only the strips or tiles of the pages a
-window touches.
+bytes it covers. Tiled series are read tile by tile (``_tiff_tiles``): a window decodes only
+the tiles it touches, in parallel. Every other series (compressed strips, scattered pages,
+JPEG or 3D tiles) is read through tifffile's zarr store over the series, which decodes only
+the strips of the pages a window touches.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ._tiff_pages import (
     check_pages_match_keyframe,
     read_series,
 )
+from ._tiff_tiles import TiledSeriesReader, tiled_layout_problem
 from ._validate import DEFAULT_MAX_DECODED_BYTES, check_decoded_size
 from ._volume import Reader, VolumeInfo
 
@@ -116,7 +118,12 @@ def open_tiff(path: Path, options: Mapping[str, Any]) -> tuple[Reader, VolumeInf
                 f"{where}: every {'tile' if keyframe.is_tiled else 'strip'} "
                 f"({page_chunk} of {dtype})",
             )
-            reader = _TiffZarrReader(tif, series.aszarr(multiscales=False), where)
+            problem = tiled_layout_problem(series)
+            if problem is None:
+                reader = TiledSeriesReader(tif, series, where)
+            else:
+                logger.debug("%s: read through tifffile's zarr store: %s", where, problem)
+                reader = _TiffZarrReader(tif, series.aszarr(multiscales=False), where)
     except BaseException:
         tif.close()
         raise
