@@ -470,7 +470,7 @@ def predict(
         counts[:3] = runner.run([plan.block(n) for n in mine], bar.update)
     bar.close()
     counts[3] = source.decoded_bytes
-    totals = np.asarray(fabric.all_reduce(torch.from_numpy(counts), reduce_op="sum")).astype(int)
+    totals = fabric.all_reduce(torch.from_numpy(counts), reduce_op="sum").cpu().numpy()
     fabric.barrier()
     if rank == 0:
         finish_output(location, options)
@@ -590,7 +590,9 @@ class _Prepared:
     """A block's input, or None for an empty block."""
 
     block: Block
-    data: np.ndarray | None  # (C, *input_region shape): stored dtype, or float32 if normalized
+    # (C, *input_region shape): stored dtype, or float32 if normalized (a tensor on an
+    # accelerator)
+    data: np.ndarray | torch.Tensor | None
     keep: np.ndarray | None  # (*region inside the input) bool, where a mask is given
     normalized: bool = True
 
@@ -659,14 +661,20 @@ class _BlockRunner:
             )
             raise DataError(f"{self.where}: the region {region} holds NaN or infinite intensities")
         extent = tuple(r.stop - r.start for r in block.input_region)
-        if raw.shape[1:] == extent:
+        device = self.forward.device
+        if raw.shape[1:] == extent and device.type == "cpu":
             # Kept in its stored dtype (half of float32 for uint16) and normalised window by
             # window: two blocks are in flight, so this halves the input's share of memory.
             return _Prepared(block, raw, keep, normalized=False)
-        # An axis shorter than the patch: pad the end with 0 after normalisation.
-        padded = np.zeros((raw.shape[0], *extent), np.float32)
-        padded[(slice(None), *(slice(0, n) for n in raw.shape[1:]))] = self.normalizer(raw)
-        return _Prepared(block, padded, keep, normalized=True)
+        # Normalised once; an axis shorter than the patch is padded at its end with 0.
+        data = np.zeros((raw.shape[0], *extent), np.float32)
+        data[(slice(None), *(slice(0, n) for n in raw.shape[1:]))] = self.normalizer(raw)
+        if device.type != "cpu":
+            # On an accelerator the block goes there once, here on the reader thread while
+            # the previous block is predicted, and windows are cut there: no host work and
+            # no copy between forward passes.
+            return _Prepared(block, torch.from_numpy(data).to(device), keep, normalized=True)
+        return _Prepared(block, data, keep, normalized=True)
 
     def blend_block(self, prepared: _Prepared) -> np.ndarray | None:
         """The block's output ``([C,] *region inside the input)``, or None when empty."""
@@ -677,22 +685,25 @@ class _BlockRunner:
         accumulator = Accumulator(block, mode=self.blend)  # type: ignore[arg-type]
         for first in range(0, len(block.windows), self.batch_size):
             starts = block.windows[first : first + self.batch_size]
-            cut = [
-                data[
-                    (
-                        slice(None),
-                        *(
-                            slice(s - o, s - o + p)
-                            for s, o, p in zip(start, offset, block.patch, strict=True)
-                        ),
-                    )
-                ]
+            boxes = [
+                (
+                    slice(None),
+                    *(
+                        slice(s - o, s - o + p)
+                        for s, o, p in zip(start, offset, block.patch, strict=True)
+                    ),
+                )
                 for start in starts
             ]
-            # (the normaliser takes one (C, *patch) window: its statistics are per channel)
-            windows = np.stack(cut if prepared.normalized else [self.normalizer(w) for w in cut])
-            batch = torch.from_numpy(np.ascontiguousarray(windows, np.float32))
-            batch = batch.to(self.forward.device, non_blocking=True)
+            if isinstance(data, torch.Tensor):
+                batch = torch.stack([data[box] for box in boxes])
+            else:
+                # (the normaliser takes one (C, *patch) window: its statistics are per channel)
+                cut = [data[box] for box in boxes]
+                windows = np.stack(
+                    cut if prepared.normalized else [self.normalizer(w) for w in cut]
+                )
+                batch = torch.from_numpy(np.ascontiguousarray(windows, np.float32))
             accumulator.add(self.forward(batch), starts)
         blended = accumulator.result()
         crop = tuple(slice(0, s.stop - s.start) for s in self._inside(block))
