@@ -196,8 +196,9 @@ def test_misaligned_or_mistyped_region_write(tmp_path: Path) -> None:
         tmp_path / "i.ome.zarr", shape=(10, 10), dtype="uint8", chunks=(4, 4), axes="yx"
     )
     with pytest.raises(
-        WindowError, match=r"region start \(2, 0\) size \(4, 4\) is not aligned to the chunks \(4, 4\) on "
-        r"axis 0 \('y'\): \[2, 6\) must start and end on multiples of 4"
+        WindowError,
+        match=r"region start \(2, 0\) size \(4, 4\) is not aligned to the chunks \(4, 4\) on "
+        r"axis 0 \('y'\): \[2, 6\) must start and end on multiples of 4",
     ):
         writer.write_region((2, 0), np.zeros((4, 4), np.uint8))
     writer.write_region((8, 8), np.zeros((2, 2), np.uint8))  # ends at the array edge: fine
