@@ -79,6 +79,21 @@ def reference(checkpoint: Path, image: tuple[Path, np.ndarray], tmp_path_factory
     return out
 
 
+def fail_after(blocks: int) -> Callable[[Any, int], None]:
+    """A ``DoneRecord.mark`` that records the block, then fails once ``blocks`` are done
+    (a crash between two blocks)."""
+    original = predict_module.DoneRecord.mark
+    marked: list[int] = []
+
+    def failing(self: Any, number: int) -> None:
+        original(self, number)
+        marked.append(number)
+        if len(marked) == blocks:
+            raise RuntimeError("killed by the test")
+
+    return failing
+
+
 def empty_blocks(data: np.ndarray) -> set[int]:
     """Brute force: blocks whose every window reads only zeros."""
     plan = block_plan(SHAPE, (16, 16, 16), BLOCK, overlap=0.5)
@@ -220,15 +235,7 @@ def test_a_failed_run_resumes_and_another_run_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out.ome.zarr"
-    original = predict_module.DoneRecord.mark
-    marked: list[int] = []
-
-    def failing(self: Any, number: int) -> None:
-        original(self, number)
-        marked.append(number)
-        if len(marked) == 5:
-            raise RuntimeError("killed by the test")
-
+    failing = fail_after(5)
     with monkeypatch.context() as patch:
         patch.setattr(predict_module.DoneRecord, "mark", failing)
         with pytest.raises(RuntimeError, match="killed by the test"):
@@ -415,15 +422,7 @@ def test_s3_prediction_resumes_and_is_refused_over_http(
     writer.write_region((0, 0, 0), image[1])
     writer.finish()
     out = f"s3://{BUCKET}/resumed.ome.zarr"
-    original = predict_module.DoneRecord.mark
-    marked: list[int] = []
-
-    def failing(self: Any, number: int) -> None:
-        original(self, number)
-        marked.append(number)
-        if len(marked) == 4:
-            raise RuntimeError("killed by the test")
-
+    failing = fail_after(4)
     arguments: dict[str, Any] = {
         "accelerator": "cpu",
         "block_shape": BLOCK,
