@@ -597,42 +597,26 @@ class _Prepared:
     normalized: bool = True
 
 
+@dataclass(kw_only=True)
 class _BlockRunner:
     """The three stages of one block: prepare (read, check, normalise: CPU, on a reader
     thread, one block ahead), blend (the model's device) and store (write, then mark done:
     a writer thread), so that the device is busy while the next block is read and the last
     one written."""
 
-    def __init__(
-        self,
-        *,
-        source: ChunkCache,
-        spatial: tuple[int, ...],
-        normalizer: Any,
-        forward: _Forward,
-        mask: SpatialOnly | None,
-        where: str,
-        blend: str,
-        batch_size: int,
-        probabilities: bool,
-        targets: Mapping[str, Any],
-        dtype: Any,
-        writer: OmeZarrWriter,
-        record: DoneRecord,
-    ) -> None:
-        self.source = source
-        self.spatial = spatial
-        self.normalizer = normalizer
-        self.forward = forward
-        self.mask = mask
-        self.where = where
-        self.blend = blend
-        self.batch_size = batch_size
-        self.probabilities = probabilities
-        self.targets = targets
-        self.dtype = dtype
-        self.writer = writer
-        self.record = record
+    source: ChunkCache
+    spatial: tuple[int, ...]
+    normalizer: Any
+    forward: _Forward
+    mask: SpatialOnly | None
+    where: str
+    blend: str
+    batch_size: int
+    probabilities: bool
+    targets: Mapping[str, Any]
+    dtype: Any
+    writer: OmeZarrWriter
+    record: DoneRecord
 
     def _inside(self, block: Block) -> tuple[slice, ...]:
         return tuple(
