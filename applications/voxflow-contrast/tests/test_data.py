@@ -38,6 +38,7 @@ from voxflow_contrast.experiments import (
 from voxflow_contrast.index import CellIndex, build_index, normalization_frames
 from voxflow_contrast.positives import LineageArrays
 from voxflow_contrast.sampler import BatchSampler, SamplerConfig
+from voxflow_utils import loader_start_method
 
 OPTIONS: dict[str, Any] = {"patch_size": (16, 16), "border": "shift", "max_shift": 4, "tau": (1, 2)}
 COMMON = ["phase", "reporter"]
@@ -261,7 +262,11 @@ def test_workers_give_the_batches_of_the_main_process(pairs: Pairs) -> None:
     batches = []
     for workers in (0, 2):
         loader = DataLoader(
-            dataset, sampler=pair_sampler(pairs.index), batch_size=None, num_workers=workers
+            dataset,
+            sampler=pair_sampler(pairs.index),
+            batch_size=None,
+            num_workers=workers,
+            multiprocessing_context=loader_start_method() if workers else None,
         )
         batches.append(list(loader))
     assert len(batches[0]) == len(batches[1]) > 0

@@ -61,6 +61,38 @@ def count_opens() -> type[OpenCounter]:
     return OpenCounter
 
 
+class KvstoreReads:
+    """tensorstore's own counters of one kvstore driver (``file``, ``s3``, ``http``): the reads
+    (whole objects or byte ranges) and bytes read between ``__enter__`` and ``__exit__``."""
+
+    def __init__(self, driver: str) -> None:
+        self.prefix = f"/tensorstore/kvstore/{driver}/"
+        self.reads = 0
+        self.bytes = 0
+
+    def _counters(self) -> tuple[int, int]:
+        import tensorstore as ts
+
+        values = {
+            metric["name"].rsplit("/", 1)[-1]: metric["values"][0].get("value", 0)
+            for metric in ts.experimental_collect_matching_metrics(self.prefix)
+        }
+        return int(values.get("read", 0)), int(values.get("bytes_read", 0))
+
+    def __enter__(self) -> KvstoreReads:
+        self._start = self._counters()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        reads, nbytes = self._counters()
+        self.reads, self.bytes = reads - self._start[0], nbytes - self._start[1]
+
+
+@pytest.fixture
+def kvstore_reads() -> type[KvstoreReads]:
+    return KvstoreReads
+
+
 @pytest.fixture(params=[2, 3], ids=["zarr-v2", "zarr-v3"])
 def zarr_array_path(
     request: pytest.FixtureRequest, tmp_path: Path, volume_data: np.ndarray

@@ -2,15 +2,22 @@
 
 * `S3Server`: moto's S3 server mode in a thread, on a free port, with one bucket.
 * `FileServer`: ``http.server`` over a folder in a thread, logging every request (method,
-  path, status) so that tests can count the GETs of chunk keys.
+  path, status) so that tests can count the GETs of chunk keys; paths under ``/forbidden/``
+  answer 403, chunk keys under ``/stall/`` are accepted and never answered.
+* `AuthS3Server`: moto's S3 server in a child process that checks credentials.
 * `silent_port`: a listening socket that never answers (a hung server).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,8 +62,68 @@ class S3Server:
         self._server.stop()
 
 
+class AuthS3Server:
+    """moto's S3 server in a child process that checks credentials (its IAM signature checks,
+    enabled after the 3 unauthenticated calls that create the user, its access key and policy), with
+    the bucket ``BUCKET``. ``kill()`` ends it abruptly, as a crashed server."""
+
+    def __init__(self) -> None:
+
+        port = free_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    self.kill()
+                    raise RuntimeError(f"moto's server did not start on port {port}") from None
+                time.sleep(0.2)
+        try:
+            self._set_up()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _set_up(self) -> None:
+        """The user, its key and an allow-all S3 policy (unsigned calls), then the bucket."""
+        import boto3
+
+        unsigned = {"endpoint_url": self.endpoint, "region_name": "us-east-1"}
+        iam = boto3.client("iam", aws_access_key_id="a", aws_secret_access_key="b", **unsigned)
+        iam.create_user(UserName="voxflow")
+        key = iam.create_access_key(UserName="voxflow")["AccessKey"]
+        self.key, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+        allow = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*"}]}
+        allow["Statement"][0]["Resource"] = "*"  # type: ignore[index]
+        iam.put_user_policy(UserName="voxflow", PolicyName="s3", PolicyDocument=json.dumps(allow))
+        boto3.client(
+            "s3", aws_access_key_id=self.key, aws_secret_access_key=self.secret, **unsigned
+        ).create_bucket(Bucket=BUCKET)
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return {"endpoint_url": self.endpoint, "key": self.key, "secret": self.secret}
+
+    def url(self, name: str) -> str:
+        return f"s3://{BUCKET}/{name}"
+
+    def kill(self) -> None:
+        self._process.kill()
+        self._process.wait(timeout=30)
+
+
 class _LoggingHandler(SimpleHTTPRequestHandler):
     requests: list[tuple[str, str, int]]
+    stopped: threading.Event
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         status = int(code) if isinstance(code, (int, HTTPStatus)) or str(code).isdigit() else 0
@@ -66,6 +133,11 @@ class _LoggingHandler(SimpleHTTPRequestHandler):
         """Quiet: the tests read ``requests`` instead."""
 
     def send_head(self) -> Any:
+        name = self.path.rsplit("/", 1)[-1]
+        if self.path.startswith("/stall/") and not name.startswith(METADATA_NAMES):
+            # Accept the request and never answer (until the server stops): a hung chunk read.
+            self.stopped.wait()
+            return None
         if self.path.startswith("/forbidden/"):
             self.send_error(HTTPStatus.FORBIDDEN, "forbidden by the test server")
             return None
@@ -81,7 +153,10 @@ class FileServer:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.requests: list[tuple[str, str, int]] = []
-        handler = type("Handler", (_LoggingHandler,), {"requests": self.requests})
+        self._stopped = threading.Event()
+        handler = type(
+            "Handler", (_LoggingHandler,), {"requests": self.requests, "stopped": self._stopped}
+        )
         self._server = ThreadingHTTPServer(
             ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
         )
@@ -103,6 +178,7 @@ class FileServer:
         ]
 
     def stop(self) -> None:
+        self._stopped.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import pytest
 import zarr
 
 from voxflow_io import (
+    ForkedProcessError,
     IncompleteStoreError,
     OmeZarrWriter,
     ParameterError,
@@ -32,7 +35,14 @@ from voxflow_io import (
 )
 
 from .conftest import ramp
-from .remote_servers import S3_SECRET, FileServer, S3Server, free_port, silent_port
+from .remote_servers import (
+    S3_SECRET,
+    AuthS3Server,
+    FileServer,
+    S3Server,
+    free_port,
+    silent_port,
+)
 
 SHAPE = (20, 50, 70)
 CHUNKS = (8, 16, 32)
@@ -220,11 +230,14 @@ def test_pickled_and_forked_volumes_reopen_the_store(s3: S3Server, reference: np
     assert str(clone.path) == url
     assert clone.shape == SHAPE
     np.testing.assert_array_equal(_read_window(clone), expected)
-    # A DataLoader worker under fork inherits the opened volume and must reopen the store.
+    # This process read through tensorstore: a forked worker is refused, not aborted
+    # (test_workers.py reads in forked workers of a parent that had not read yet).
     if sys.platform == "linux":
-        with multiprocessing.get_context("fork").Pool(1) as pool:
-            result = pool.apply_async(_read_window, (volume,))
-            np.testing.assert_array_equal(result.get(timeout=60), expected)
+        with (
+            multiprocessing.get_context("fork").Pool(1) as pool,
+            pytest.raises(ForkedProcessError, match="forked from process"),
+        ):
+            pool.apply_async(_read_window, (volume,)).get(timeout=60)
 
 
 def test_aws_environment_variables_replace_storage_options(
@@ -316,7 +329,8 @@ def test_server_that_dies_fails_fast_with_the_url(tmp_path: Path, reference: np.
         _write_blocks(writer, reference, range(3))
     url = server.url("dying.ome.zarr")
     volume = open_volume(url)
-    server.stop()
+    np.testing.assert_array_equal(volume.read((0, 0, 0), (1, 1, 1)), reference[:1, :1, :1])
+    server.stop()  # dies between two reads of an open volume
     started = time.monotonic()
     with pytest.raises(RemoteStoreError, match=re.escape(f"{url}: reading window")):
         volume.read((0, 0, 0), (8, 16, 32))
@@ -327,6 +341,76 @@ def test_server_that_dies_fails_fast_with_the_url(tmp_path: Path, reference: np.
     with pytest.raises(RemoteStoreError, match=re.escape("s3://voxflow-test/x.zarr: opening")):
         open_volume("s3://voxflow-test/x.zarr", storage_options=dead_s3)
     assert time.monotonic() - started < DEAD_SERVER_SECONDS
+
+
+@pytest.mark.slow  # moto's server in a child process: about 20 s here
+def test_bad_credentials_and_an_s3_server_killed_between_reads(reference: np.ndarray) -> None:
+    """moto checking signatures: a wrong secret or an unknown key is a RemoteStoreError naming
+    the URL (never the secret); a server killed after the volume read once fails the next read
+    within the retry bound, naming the URL."""
+    server = AuthS3Server()
+    try:
+        url = server.url("auth.ome.zarr")
+        good = server.storage_options
+        with create_ome_zarr(
+            url, shape=SHAPE, dtype="uint16", chunks=CHUNKS, axes="zyx", storage_options=good
+        ) as writer:
+            _write_blocks(writer, reference, range(3))
+        volume = open_volume(url, storage_options=good)
+        np.testing.assert_array_equal(volume.read((1, 2, 3), (4, 5, 6)), reference[1:5, 2:7, 3:9])
+        for bad in ({**good, "secret": "not-the-secret"}, {**good, "key": "AKIANOSUCHKEY0000000"}):
+            with pytest.raises(RemoteStoreError, match=re.escape(url)) as caught:
+                open_volume(url, storage_options=bad)
+            assert "not-the-secret" not in str(caught.value)
+            assert server.secret not in str(caught.value)
+    finally:
+        server.kill()
+    started = time.monotonic()
+    with pytest.raises(RemoteStoreError, match=re.escape(f"{url}: reading window")):
+        volume.read((8, 16, 0), (4, 4, 4))
+    assert time.monotonic() - started < DEAD_SERVER_SECONDS
+
+
+STALLED_READ = """
+import sys, time
+from voxflow_io import RemoteStoreError, open_volume
+
+volume = open_volume(sys.argv[1])  # metadata is served
+started = time.monotonic()
+try:
+    volume.read((0, 0, 0), (4, 4, 4))
+except RemoteStoreError as error:
+    print(f"{time.monotonic() - started:.1f}", error)
+"""
+
+
+def test_chunk_server_that_stops_answering_fails_within_the_low_speed_limit(
+    tmp_path: Path, reference: np.ndarray
+) -> None:
+    """tensorstore sets no request timeout; curl's low-speed limit (1 s here, 15 s by default)
+    with tensorstore's 3 retries bounds a read from a server that accepted and went silent."""
+    (tmp_path / "stall").mkdir()
+    with create_ome_zarr(
+        tmp_path / "stall" / "s.ome.zarr", shape=SHAPE, dtype="uint16", chunks=CHUNKS, axes="zyx"
+    ) as writer:
+        _write_blocks(writer, reference, range(1))
+    server = FileServer(tmp_path)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", STALLED_READ, server.url("stall/s.ome.zarr")],
+            env={**os.environ, "TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr[-2000:]
+    seconds, message = result.stdout.split(" ", 1)
+    assert server.url("stall/s.ome.zarr: reading window") in message
+    assert "retry attempts failed" in message
+    assert float(seconds) < 30
 
 
 def test_hung_server_times_out_with_overridable_timeout() -> None:

@@ -301,3 +301,28 @@ def test_make_trainer_keeps_one_last_checkpoint_beside_the_step_checkpoints(tmp_
         torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
     )
     assert (tmp_path / "logs" / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+@pytest.mark.slow  # the fork server imports torch: about 25 s here
+def test_loader_workers_start_from_a_fork_server_after_threads_ran() -> None:
+    """A DataLoader with ``loader_start_method()`` works in a process whose threads are
+    running (a fork would copy their locks, not them)."""
+    import multiprocessing
+    import threading
+
+    from voxflow_utils import loader_start_method
+
+    method = loader_start_method()
+    has_server = "forkserver" in multiprocessing.get_all_start_methods()
+    assert method == ("forkserver" if has_server else "spawn")
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, daemon=True)
+    busy.start()
+    try:
+        # A list as the dataset: the workers unpickle nothing from this test module.
+        loader = DataLoader(
+            list(range(6)), batch_size=None, num_workers=2, multiprocessing_context=method
+        )
+        assert sorted(int(item) for item in loader) == list(range(6))
+    finally:
+        stop.set()

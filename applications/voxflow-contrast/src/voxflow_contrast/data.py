@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from voxflow_io import Volume
+from voxflow_utils import loader_start_method
 
 from . import cache
 from .errors import CellIndexError, DataError, SamplerError
@@ -42,6 +43,8 @@ from .positives import LineageArrays, draw_positives, tau_probabilities
 from .sampler import BatchSampler, SamplerConfig
 
 logger = logging.getLogger(__name__)
+#: Imported once by the fork server that starts the loader workers.
+_PRELOAD = ("torch", "voxflow_contrast.data")
 
 Batch = tuple[np.ndarray, np.ndarray]
 """``(anchor_rows, positive_rows)``: two ``(B,)`` int64 arrays of row positions."""
@@ -602,6 +605,9 @@ class ContrastDataModule(pl.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
+            # not fork: the plates were read here through tensorstore, whose threads a fork
+            # would break
+            multiprocessing_context=loader_start_method(_PRELOAD) if workers else None,
         )
 
     def train_sampler(self, position: Callable[[], int] | None = None) -> PairBatchSampler:

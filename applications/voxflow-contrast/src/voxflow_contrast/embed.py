@@ -30,11 +30,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from voxflow_utils import loader_start_method
+
 from .config import RunConfig
 from .errors import ModelError
 from .module import CHECKPOINT_KEY, ContrastModule
 
 logger = logging.getLogger(__name__)
+#: Imported once by the fork server that starts the loader workers.
+_PRELOAD = ("torch", "voxflow_contrast.embed")
 
 
 @dataclass
@@ -207,7 +211,12 @@ def embed(
     dataset = PairDataset(
         index, registered, z_window=module.run_config.data.z_window, crop=module.crop
     )
-    loader = DataLoader(_Rows(dataset, batch_size), batch_size=None, num_workers=num_workers)
+    loader = DataLoader(
+        _Rows(dataset, batch_size),
+        batch_size=None,
+        num_workers=num_workers,
+        multiprocessing_context=loader_start_method(_PRELOAD) if num_workers else None,
+    )
     module = module.to(device).eval()
     features = np.empty((dataset.n_rows, 0), np.float32)
     parts: list[tuple[np.ndarray, np.ndarray]] = []

@@ -34,6 +34,7 @@ from voxflow_slicing import (
     fingerprint,
     plane_patch,
 )
+from voxflow_utils import loader_start_method
 
 from .config import RunConfig
 from .errors import DataError
@@ -50,6 +51,8 @@ from .volumes import (
 )
 
 logger = logging.getLogger(__name__)
+#: Imported once by the fork server that starts the loader workers.
+_PRELOAD = ("torch", "voxflow_segment.data")
 
 CHUNK = -1  # PatchRef.axis of a chunk-mode window
 
@@ -693,6 +696,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             pin_memory=loader.pin_memory and torch.cuda.is_available(),
             prefetch_factor=loader.prefetch_factor if workers else None,
             persistent_workers=workers > 0,
+            # not fork: the volumes were read here through tensorstore, whose threads a fork
+            # would break
+            multiprocessing_context=loader_start_method(_PRELOAD) if workers else None,
         )
 
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:

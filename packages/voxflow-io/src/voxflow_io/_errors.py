@@ -54,6 +54,12 @@ class IncompleteStoreError(VoxflowIOError):
     (it was killed, failed, or is still running)."""
 
 
+class ForkedProcessError(VoxflowIOError, RuntimeError):
+    """A zarr volume was read in a process forked from one that had already read zarr data:
+    tensorstore, voxflow-io's zarr reader, cannot run there (start DataLoader workers with
+    ``multiprocessing_context="forkserver"`` or ``"spawn"``)."""
+
+
 class FinishedStoreError(VoxflowIOError):
     """A writer was asked to write into (or finish) an OME-Zarr image that is already finished."""
 

@@ -1,25 +1,21 @@
 """Volumes of objects the caller already opened: zarr-python arrays and groups, and tensorstore
 handles.
 
-Such a volume reads through the caller's object in this process. What travels when it is
-pickled is how to reopen it elsewhere: the store's location for a zarr object (the local
-folder, or the URL and ``storage_options`` of an fsspec store), the JSON spec for a tensorstore
-handle. An object whose store has no such location (an in-memory store) opens and reads, and
-works in forked processes, but refuses to be pickled with a
-[ParameterError][voxflow_io.ParameterError] naming its type.
-
-tensorstore is imported only when a tensorstore handle is passed (it is not a dependency of
-voxflow-io): a handle is recognised by the module of its type. tensorstore aborts a forked
-process that uses it (its thread pools do not survive ``fork``), so a tensorstore volume in a
-forked process (DataLoader workers with the ``fork`` context) is a
-[ParameterError][voxflow_io.ParameterError] instead: use the ``spawn`` context.
+A zarr object is opened through its store's location (the local folder, or the URL and
+``storage_options`` of an fsspec store) and read by tensorstore like any zarr path; a zarr
+object in a store without a location (in memory, a zip file) cannot be read by tensorstore and
+is refused with an [UnsupportedFormatError][voxflow_io.UnsupportedFormatError]. A tensorstore
+handle is read through itself in this process; its JSON spec travels when the volume is
+pickled. An in-memory tensorstore handle opens and reads but refuses to be pickled with a
+[ParameterError][voxflow_io.ParameterError]. Like every zarr read, a tensorstore handle cannot
+be read in a process forked after tensorstore ran
+([ForkedProcessError][voxflow_io.ForkedProcessError]).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,15 +27,14 @@ from zarr.storage import FsspecStore, LocalStore
 
 from ._axes import default_axes, validate_axes
 from ._errors import (
-    CorruptVolumeError,
     LevelOutOfRangeError,
     MetadataError,
     ParameterError,
-    RemoteStoreError,
     UnsupportedFormatError,
     VolumeNotFoundError,
 )
 from ._remote import RemoteLocation, location, url_scheme
+from ._tensorstore import TensorStoreReader, check_not_forked
 from ._validate import DEFAULT_MAX_DECODED_BYTES, check_decoded_size
 from ._volume import Reader, Source, VolumeInfo
 from ._zarr import METADATA_ERRORS, node_reader, open_zarr
@@ -48,10 +43,6 @@ if TYPE_CHECKING:
     import tensorstore
 
 logger = logging.getLogger(__name__)
-
-
-#: The process in which voxflow-io first used tensorstore (None: not yet).
-_tensorstore_pid: int | None = None
 
 
 def is_tensorstore(value: object) -> bool:
@@ -101,31 +92,17 @@ def open_zarr_object(
             node = _member(node, key, where)
     resolved = {**options, "key": node.path or None}
     if root is None:
-        label = RemoteLocation(str(node.store_path))
-        source = Source(
-            open_zarr_node,
-            label,
-            {**resolved, "node": node},
-            unpicklable=(
-                f"{label}: a volume of a zarr {type(node).__name__} in a "
-                f"{type(node.store).__name__} cannot be pickled (for DataLoader workers started "
-                f"with spawn, DDP ranks): that store cannot be reopened in another process; "
-                f"open the store from a local path or an s3://, gs://, http(s):// URL instead"
-            ),
+        raise UnsupportedFormatError(
+            f"{node.store_path}: a zarr {type(node).__name__} in a {type(node.store).__name__} "
+            f"cannot be read: voxflow-io reads zarr through tensorstore, which opens folders and "
+            f"object stores; write it to a local path or an s3://, gs:// or http(s):// store, or "
+            f"pass a tensorstore handle"
         )
-        return (source, *node_reader(node, None, resolved))
     source = Source(open_zarr, root, resolved)
     if isinstance(root, RemoteLocation):
         with root.errors("opening the zarr metadata"):
             return (source, *node_reader(node, root, resolved))
     return (source, *node_reader(node, root, resolved))
-
-
-def open_zarr_node(path: RemoteLocation, options: Mapping[str, Any]) -> tuple[Reader, VolumeInfo]:
-    """Opener of a live zarr array or group (``options["node"]``) in a store that cannot be
-    reopened from a location: used in this process and its forks only; ``path`` names the node
-    in messages."""
-    return node_reader(options["node"], None, options)
 
 
 def _member(group: zarr.Group, key: str, where: str) -> zarr.Array | zarr.Group:
@@ -149,7 +126,7 @@ def open_tensorstore_object(
     """
     import tensorstore as ts
 
-    _refuse_forked(f"tensorstore {type(handle).__name__}")
+    check_not_forked(f"tensorstore {type(handle).__name__}")
     if not isinstance(handle, ts.TensorStore):
         raise ParameterError(
             f"open_volume takes a tensorstore.TensorStore handle, found tensorstore "
@@ -181,7 +158,7 @@ def open_tensorstore_spec(
     """Opener that reopens a tensorstore handle from its JSON spec (``options["spec"]``)."""
     import tensorstore as ts
 
-    _refuse_forked(str(path))
+    check_not_forked(str(path))
     try:
         handle = ts.open(options["spec"], read=True).result()
     except ValueError as exc:
@@ -196,23 +173,8 @@ def open_tensorstore_handle(
 ) -> tuple[Reader, VolumeInfo]:
     """Opener of a live tensorstore handle (``options["handle"]``), for stores that cannot be
     reopened from their spec (in memory): this process only."""
-    _refuse_forked(str(path))
+    check_not_forked(str(path))
     return _tensorstore_reader(options["handle"], path, options)
-
-
-def _refuse_forked(where: str) -> None:
-    """Refuse tensorstore in a process forked from one that used it (tensorstore would abort
-    the whole process there)."""
-    global _tensorstore_pid
-    pid = os.getpid()
-    if _tensorstore_pid is None:
-        _tensorstore_pid = pid
-    elif _tensorstore_pid != pid:
-        raise ParameterError(
-            f"{where}: tensorstore cannot be used in a process forked from one that used it "
-            f"(process {pid} is a fork of {_tensorstore_pid}; tensorstore would abort it): start "
-            f"DataLoader workers with multiprocessing_context='spawn' (or 'forkserver')"
-        )
 
 
 def _tensorstore_location(url: str) -> Path | RemoteLocation:
@@ -268,31 +230,6 @@ def _tensorstore_reader(
     )
     info = VolumeInfo(shape=shape, dtype=dtype, axes=axes, voxel_size=(1.0,) * ndim, chunks=chunks)
     logger.debug("%s: opened tensorstore handle %s", where, info)
-    remote = isinstance(path, RemoteLocation) and not where.startswith("memory:")
-    return _TensorStoreReader(handle, where, dtype, remote), info
-
-
-class _TensorStoreReader:
-    """Reads windows through a tensorstore handle (zero-origin)."""
-
-    def __init__(
-        self, handle: tensorstore.TensorStore, where: str, dtype: np.dtype, remote: bool
-    ) -> None:
-        self._handle = handle
-        self._where = where
-        self._dtype = dtype
-        self._remote = remote
-
-    def read(self, box: tuple[slice, ...]) -> np.ndarray:
-        try:
-            data = self._handle[box].read().result()
-        except (ValueError, OSError) as exc:
-            error = RemoteStoreError if self._remote else CorruptVolumeError
-            raise error(
-                f"{self._where}: window {box} cannot be read through tensorstore: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        return np.ascontiguousarray(data, dtype=self._dtype)
-
-    def close(self) -> None:
-        """The handle belongs to the caller (or to the spec); nothing to release."""
+    remote = path if isinstance(path, RemoteLocation) and not where.startswith("memory:") else None
+    spec = handle.spec(retain_context=True).to_json()
+    return TensorStoreReader(where, dtype, spec, handle=handle, remote=remote), info

@@ -1,17 +1,11 @@
 """Zarr v2/v3 arrays and OME-Zarr multiscale images (NGFF 0.4 and 0.5).
 
-zarr-python reads the metadata. Voxels of local, unsharded stores whose codec chain is
-``bytes`` plus at most one compressor are read by ``_chunks.ChunkFileReader``, which reads the
-chunk files itself and decodes them with numcodecs on a thread pool: measured on 128^3 windows
-of a 64^3-chunked uint16 store (docs/benchmarks.md), zarr-python's asyncio pipeline spent
-2-6x the codec's decode time, tensorstore 1-2.4x, and this reader 0.6-1.7x. Either byte
-order qualifies (zarr v2 spells it in the dtype, e.g. NGFF 0.4's ``"<u2"``; v3 in the ``bytes``
-codec); reads always return native byte order. Every other layout (sharding, transposes,
-checksums, remote stores) is read through zarr-python itself.
-
-Object-store URLs (``s3://``, ``gs://``, ``http(s)://``) open through zarr-python's
-``FsspecStore`` (see ``_remote``): opening reads metadata only, a window read fetches the
-chunks it touches. A missing chunk object reads as the fill value, as zarr defines it.
+zarr-python reads the metadata (at open: nothing else is read); tensorstore reads the voxels of
+every layout and store (see ``_tensorstore``), either byte order (zarr v2 spells it in the
+dtype, e.g. NGFF 0.4's ``"<u2"``; v3 in the ``bytes`` codec), returning native byte order.
+Object-store URLs (``s3://``, ``gs://``, ``http(s)://``) open their metadata through
+zarr-python's ``FsspecStore`` (see ``_remote``); a window read fetches the chunks (or shard
+byte ranges) it touches. A missing chunk reads as the fill value, as zarr defines it.
 """
 
 from __future__ import annotations
@@ -19,23 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numcodecs
 import numpy as np
 import zarr
 import zarr.errors
-from numcodecs.abc import Codec
-from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from . import _ngff
 from ._axes import default_axes, validate_axes
-from ._chunks import ChunkFileReader, node_folder
 from ._errors import (
     CorruptVolumeError,
     LevelOutOfRangeError,
@@ -45,6 +33,7 @@ from ._errors import (
 )
 from ._remote import RemoteLocation, marked_ancestor
 from ._state import check_complete, incomplete_ancestor
+from ._tensorstore import TensorStoreReader, array_spec
 from ._validate import DEFAULT_MAX_DECODED_BYTES, check_decoded_size
 from ._volume import Reader, VolumeInfo
 
@@ -138,16 +127,16 @@ def open_zarr(path: Path | RemoteLocation, options: Mapping[str, Any]) -> tuple[
 
 
 def node_reader(
-    node: zarr.Array | zarr.Group, path: Path | RemoteLocation | None, options: Mapping[str, Any]
+    node: zarr.Array | zarr.Group, path: Path | RemoteLocation, options: Mapping[str, Any]
 ) -> tuple[Reader, VolumeInfo]:
     """Reader and metadata of an opened zarr node (``options["key"]`` is its path below
-    ``path``, the store's root location; None: a store without one, named by the node)."""
+    ``path``, the store's root location)."""
     key: str | None = options.get("key")
     level: int = options.get("level", 0)
     axes_override: str | None = options.get("axes")
     allow_incomplete: bool = options.get("allow_incomplete", False)
     max_decoded_bytes: int = options.get("max_decoded_bytes", DEFAULT_MAX_DECODED_BYTES)
-    where = str(node.store_path) if path is None else f"{path}[{key!r}]" if key else f"{path}"
+    where = f"{path}[{key!r}]" if key else f"{path}"
     voxel_size: tuple[float, ...] | None = None
     unit = None
     if isinstance(node, zarr.Group):
@@ -201,26 +190,32 @@ def node_reader(
         chunks=chunks,
         unit=unit,
     )
-    chunk_dtype, decoder = fast_path(array)
-    reader: Reader = (
-        ChunkFileReader(array, decoder, where, chunk_dtype)
-        if chunk_dtype is not None
-        else _ZarrPythonReader(array, where, path if isinstance(path, RemoteLocation) else None)
-    )
-    logger.debug("%s: opened %s with %s", where, info, type(reader).__name__)
+    check_codecs(array, where)
+    reader = _array_reader(array, path, where, dtype)
+    logger.debug("%s: opened %s", where, info)
     return reader, info
 
 
-def _check_ancestors(
-    path: Path | RemoteLocation | None, key: str | None, where: str, allow_incomplete: bool
-) -> None:
-    """Refuse an array inside an image or plate that its writer has not finished.
+def _array_reader(
+    array: zarr.Array, root: Path | RemoteLocation, where: str, dtype: np.dtype
+) -> TensorStoreReader:
+    """The tensorstore reader of ``array``, found at ``root`` (the store's root) plus the
+    array's path in the store."""
+    folder = root / array.path if array.path else root
+    name = "zarr.json" if array.metadata.zarr_format == 3 else ".zarray"
+    return TensorStoreReader(
+        where,
+        dtype,
+        array_spec(folder, array.metadata.zarr_format),
+        remote=folder if isinstance(folder, RemoteLocation) else None,
+        metadata_file=folder / name if isinstance(folder, Path) else None,
+    )
 
-    A store without a location (in memory) is not checked: voxflow-io writes only to paths
-    and URLs, so no marker of its writer can be there.
-    """
-    if path is None:
-        return
+
+def _check_ancestors(
+    path: Path | RemoteLocation, key: str | None, where: str, allow_incomplete: bool
+) -> None:
+    """Refuse an array inside an image or plate that its writer has not finished."""
     node_path = path / key if key else path
     marked = (
         marked_ancestor(node_path)
@@ -303,81 +298,52 @@ def _dimension_names(array: zarr.Array) -> str | None:
     return "".join(names).lower()
 
 
-def fast_path(array: zarr.Array) -> tuple[np.dtype | None, Codec | None]:
-    """Whether the chunk-file reader can read ``array``: the dtype of its chunk bytes in their
-    stored byte order (None: it cannot) and its numcodecs codec (None: raw bytes).
+#: Codecs tensorstore decodes (zarr v3 names; v2 compressor ids).
+_V3_CODECS = frozenset(
+    {"bytes", "transpose", "sharding_indexed", "blosc", "gzip", "zstd", "crc32c"}
+)
+_V2_COMPRESSORS = frozenset({"blosc", "zlib", "gzip", "bz2", "zstd"})
 
-    zarr v2 metadata spells the byte order in the dtype (``"<u2"``, ``">u2"``), zarr v3 in the
-    ``bytes`` codec; either order is read here (big-endian chunks are swapped on copy).
+
+def check_codecs(array: zarr.Array, where: str) -> None:
+    """Refuse, at open, a codec chain tensorstore cannot decode (naming the codec).
+
+    Raises:
+        UnsupportedFormatError: a v3 codec or v2 compressor or filter outside tensorstore's set.
     """
-    ineligible: tuple[np.dtype | None, Codec | None] = (None, None)
-    stored = np.dtype(array.dtype)
-    if not isinstance(array.store, LocalStore) or stored.kind not in "biuf":
-        return ineligible
     metadata = array.metadata
     if metadata.zarr_format == 2:
-        if metadata.filters or metadata.order != "C":
-            return ineligible
-        # The dtype of v2 metadata carries the stored byte order.
-        return stored, metadata.compressor
-    codecs = metadata.codecs
-    first = codecs[0]
-    if not isinstance(first, BytesCodec):
-        return ineligible
-    if first.endian is not None and stored.itemsize > 1:
-        stored = stored.newbyteorder("<" if first.endian.value == "little" else ">")
-    rest = codecs[1:]
-    if not rest:
-        return stored, None
-    if len(rest) != 1:
-        return ineligible
-    compressor = rest[0]
-    if isinstance(compressor, ZstdCodec) and not compressor.checksum:
-        return stored, numcodecs.Zstd(level=compressor.level)
-    if isinstance(compressor, BloscCodec):
-        return stored, numcodecs.Blosc()
-    if isinstance(compressor, GzipCodec):
-        return stored, numcodecs.GZip(level=compressor.level)
-    return ineligible
+        found = [] if metadata.compressor is None else [metadata.compressor.codec_id]
+        unsupported = [c for c in found if c not in _V2_COMPRESSORS]
+        unsupported += [f"filter {f.codec_id}" for f in metadata.filters or ()]
+        supported = sorted(_V2_COMPRESSORS)
+    else:
+        unsupported = _unsupported_v3(list(metadata.to_dict().get("codecs") or []))  # type: ignore[arg-type]
+        supported = sorted(_V3_CODECS)
+    if unsupported:
+        raise UnsupportedFormatError(
+            f"{where}: zarr v{metadata.zarr_format} codec(s) {unsupported} cannot be read by "
+            f"tensorstore, voxflow-io's zarr reader (it reads {supported}); rewrite the array "
+            f"with one of those"
+        )
 
 
-class _ZarrPythonReader:
-    """Reads through zarr-python: sharded, transposed, checksummed or remote arrays."""
+def _unsupported_v3(codecs: list[Any]) -> list[str]:
+    names = []
+    for codec in codecs:
+        name = codec.get("name") if isinstance(codec, dict) else str(codec)
+        if name not in _V3_CODECS:
+            names.append(str(name))
+        elif name == "sharding_indexed":
+            configuration = codec.get("configuration", {})
+            names += _unsupported_v3(configuration.get("codecs", []))
+            names += _unsupported_v3(configuration.get("index_codecs", []))
+    return names
 
-    def __init__(self, array: zarr.Array, where: str, remote: RemoteLocation | None = None) -> None:
-        self._array = array
-        self._dtype = np.dtype(array.dtype).newbyteorder("=")
-        self._where = where
-        self._remote = remote
-        self._metadata_file: Path | None = None
-        if isinstance(array.store, LocalStore):
-            name = "zarr.json" if array.metadata.zarr_format == 3 else ".zarray"
-            self._metadata_file = node_folder(array) / name
 
-    def read(self, box: tuple[slice, ...]) -> np.ndarray:
-        if self._remote is not None:
-            with self._remote.errors(f"reading window {box}"):
-                return self._read(box)
-        return self._read(box)
-
-    def _read(self, box: tuple[slice, ...]) -> np.ndarray:
-        try:
-            # Native byte order: zarr v2 returns big-endian stores as they are stored.
-            data = np.ascontiguousarray(self._array[box], dtype=self._dtype)
-        except (RuntimeError, ValueError, TypeError, EOFError, OSError, zlib.error) as exc:
-            if self._remote is not None and isinstance(exc, OSError):
-                raise
-            raise CorruptVolumeError(
-                f"{self._where}: window {box} cannot be decoded: {type(exc).__name__}: {exc}"
-            ) from exc
-        # zarr-python reads a chunk it cannot find as the fill value, also when the whole
-        # store is gone: one stat per window tells the two apart.
-        if self._metadata_file is not None and not os.path.isfile(self._metadata_file):
-            raise VolumeNotFoundError(
-                f"{self._where}: the array metadata {self._metadata_file} is gone: the store "
-                f"was deleted or moved after it was opened"
-            )
-        return data
-
-    def close(self) -> None:
-        """zarr-python keeps no handle open between reads."""
+def node_folder(node: zarr.Array | zarr.Group) -> Path:
+    """Folder of a node of a local store (for messages and direct file access)."""
+    if isinstance(node.store, LocalStore):
+        root = Path(node.store.root)
+        return root / node.path if node.path else root
+    return Path(str(node.store_path))

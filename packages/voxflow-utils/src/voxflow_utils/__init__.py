@@ -25,6 +25,7 @@ from ._errors import (
 from ._files import write_atomic
 from ._logging import current_rank, is_rank_zero, setup_logging
 from ._trainer_config import PRECISIONS, Precision, TrainerConfig
+from ._workers import loader_start_method
 
 if TYPE_CHECKING:
     from ._callbacks import PreviewCallback
@@ -86,6 +87,7 @@ __all__ = [
     "gather_with_gradient",
     "is_rank_zero",
     "load_config",
+    "loader_start_method",
     "make_loggers",
     "make_trainer",
     "merge_csv_logs",
