@@ -7,8 +7,10 @@ import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 import zarr
 
 from voxflow_io import (
+    CorruptVolumeError,
     ForkedProcessError,
     IncompleteStoreError,
     OmeZarrWriter,
@@ -301,6 +304,61 @@ def test_refusals_name_the_url(served: FileServer, s3: S3Server, tmp_path: Path)
         open_volume("ftp://host/x.zarr")
     with pytest.raises(UnsupportedFormatError, match="only zarr stores open from URLs"):
         open_volume(s3.url("scan.tif"), storage_options=s3.storage_options)
+
+
+def test_options_tensorstore_cannot_apply_are_refused_not_dropped(s3: S3Server) -> None:
+    """Voxels read with other credentials than the metadata would be wrong silently."""
+    for url, options, named in (
+        ("gs://bucket/x.zarr", {"token": "/secret/service-account.json"}, "token"),
+        ("http://127.0.0.1:1/x.zarr", {"client_kwargs": {"auth": "user:pw"}}, "auth"),
+        (s3.url("x.zarr"), {"endpoint_url": s3.endpoint, "token": "t"}, "token without key"),
+        (s3.url("x.zarr"), {"endpoint_url": s3.endpoint, "key": "k"}, "key without secret"),
+        (s3.url("x.zarr"), {**s3.storage_options, "use_ssl": False}, "use_ssl"),
+    ):
+        with pytest.raises(ParameterError, match=re.escape(named)) as caught:
+            open_volume(url, storage_options=options)
+        assert url in str(caught.value)
+        assert "/secret/service-account.json" not in str(caught.value)
+
+
+def test_s3_secrets_are_not_left_on_disk(s3: S3Server, reference: np.ndarray) -> None:
+    """tensorstore reads S3 keys from profile files: they exist only while a handle opens."""
+    url = s3.url("secrets.ome.zarr")
+    with create_ome_zarr(
+        url,
+        shape=SHAPE,
+        dtype="uint16",
+        chunks=CHUNKS,
+        axes="zyx",
+        storage_options=s3.storage_options,
+    ) as writer:
+        _write_blocks(writer, reference, range(3))
+    folders = set(Path(tempfile.gettempdir()).glob("voxflow-io-aws-*"))
+    volume = open_volume(url, storage_options=s3.storage_options)
+    np.testing.assert_array_equal(volume.read((1, 2, 3), (4, 5, 6)), reference[1:5, 2:7, 3:9])
+    left = set(Path(tempfile.gettempdir()).glob("voxflow-io-aws-*")) - folders
+    assert not left, f"credential files left behind: {left}"
+
+
+def test_remote_damage_is_corrupt_or_missing_not_a_transport_error(
+    served: FileServer, reference: np.ndarray
+) -> None:
+    """A caller retrying RemoteStoreError must not retry bad data or a deleted store."""
+    name = "damaged.ome.zarr"
+    with create_ome_zarr(
+        served.folder / name, shape=SHAPE, dtype="uint16", chunks=CHUNKS, axes="zyx"
+    ) as writer:
+        _write_blocks(writer, reference, range(3))
+    volume = open_volume(served.url(name))
+    np.testing.assert_array_equal(volume.read((0, 0, 0), (1, 1, 1)), reference[:1, :1, :1])
+    chunk = served.folder / name / "0" / "c" / "1" / "1" / "1"
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    with pytest.raises(CorruptVolumeError, match=re.escape(served.url(name))):
+        volume.read((8, 16, 32), (8, 16, 32))
+    shutil.rmtree(served.folder / name)
+    reopened = pickle.loads(pickle.dumps(volume))  # a worker opening the deleted store
+    with pytest.raises(VolumeNotFoundError, match=re.escape(served.url(name))):
+        reopened.read((0, 0, 0), (1, 1, 1))
 
 
 def test_missing_filesystem_package_names_the_extra(

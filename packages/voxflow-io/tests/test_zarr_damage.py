@@ -78,6 +78,21 @@ def test_store_deleted_after_open_is_not_read_as_zeros(
         volume[:2, :2]
 
 
+def test_store_rewritten_with_another_dtype_before_the_first_read(tmp_path: Path) -> None:
+    """Opened as uint16, rewritten as float32 before this process read it: an error, not
+    float32 voxels cast to uint16."""
+    path = tmp_path / "rewritten.zarr"
+    zarr.create_array(str(path), data=np.ones((8, 8), np.uint16), chunks=(4, 4))
+    volume = open_volume(path)
+    zarr.create_array(
+        str(path), data=np.full((8, 8), -1.5, np.float32), chunks=(4, 4), overwrite=True
+    )
+    with pytest.raises(
+        MetadataError, match=r"changed since it was opened: expected shape \(8, 8\) uint16"
+    ):
+        volume[:2, :2]
+
+
 def test_sharded_store_deleted_after_open_is_not_read_as_zeros(tmp_path: Path) -> None:
     path = tmp_path / "sharded.zarr"
     zarr.create_array(str(path), data=np.full((8, 8), 3, np.uint8), chunks=(2, 2), shards=(4, 4))

@@ -16,8 +16,8 @@ class UnsupportedFormatError(VoxflowIOError, ValueError):
 
 
 class CorruptVolumeError(VoxflowIOError):
-    """A file or chunk exists but its bytes cannot be read or decoded (truncated, garbled, a
-    folder or named pipe where a chunk file should be)."""
+    """A file or chunk exists but its bytes cannot be read or decoded (truncated, garbled; a
+    folder or named pipe where a TIFF, slice or ``.npy`` file should be)."""
 
 
 class MetadataError(VoxflowIOError, ValueError):

@@ -232,4 +232,4 @@ def _tensorstore_reader(
     logger.debug("%s: opened tensorstore handle %s", where, info)
     remote = path if isinstance(path, RemoteLocation) and not where.startswith("memory:") else None
     spec = handle.spec(retain_context=True).to_json()
-    return TensorStoreReader(where, dtype, spec, handle=handle, remote=remote), info
+    return TensorStoreReader(where, dtype, shape, spec, handle=handle, remote=remote), info

@@ -61,16 +61,19 @@ def open_volume(
     Objects already opened also work: a zarr-python ``zarr.Array`` or ``zarr.Group`` (an
     OME-Zarr image, or a group holding ``key``) in a local or fsspec store, and a
     ``tensorstore.TensorStore`` handle. Axes come from the NGFF metadata, else the zarr
-    dimension names (tensorstore dimension labels), else ``axes``, else the defaults. The volume
-    reads through the object; pickled, it reopens the store from its location (folder, or URL
-    and ``storage_options``) or the tensorstore spec. An object in an in-memory store opens,
+    dimension names (tensorstore dimension labels), else ``axes``, else the defaults. A zarr
+    object is read from its store's location (folder, or URL and ``storage_options``) like a
+    path; a zarr object in an in-memory or zip store is refused. A tensorstore handle is read
+    through itself and reopens from its spec when pickled; one over an in-memory store opens,
     but its volume refuses to be pickled.
 
     Zarr stores (every layout above) also open from object-store URLs: ``s3://``, ``gs://``,
-    ``http(s)://`` (read through zarr-python's fsspec store; ``pip install
-    'voxflow-io[remote]'``), and ``file://`` URLs name local paths. The returned volume carries
-    the URL and ``storage_options`` and reopens the store after pickling (DataLoader workers,
-    DDP ranks).
+    ``http(s)://`` (metadata through zarr-python's fsspec store, ``pip install
+    'voxflow-io[remote]'``; voxels through tensorstore), and ``file://`` URLs name local paths.
+    The returned volume carries the URL and ``storage_options`` and reopens the store after
+    pickling (DataLoader workers, DDP ranks). Every zarr voxel is read by tensorstore, which
+    cannot run in a process forked after it ran: start DataLoader workers with
+    ``multiprocessing_context="forkserver"`` or ``"spawn"`` once the parent has read zarr data.
 
     Args:
         path: File or folder, the URL of a zarr store, a zarr array or group, or a
@@ -79,7 +82,9 @@ def open_volume(
             and xarray, e.g. ``{"endpoint_url": "http://127.0.0.1:9000", "key": ...,
             "secret": ...}`` or ``{"anon": True}`` for s3. Without them s3 reads the standard
             ``AWS_*`` environment variables. Default timeouts and retries are bounded (a dead
-            server fails in seconds); entries given here override them.
+            server fails within about a minute); fsspec's entries given here override them for
+            metadata. Options that would change the voxel reads but that tensorstore cannot
+            apply (GCS tokens, HTTP auth) are refused.
         key: Path of an array or image group inside a zarr group.
         level: Pyramid level (0 is full resolution).
         axes: Axis letters from ``"tczyx"``, one per dimension, for sources without axis
@@ -100,11 +105,13 @@ def open_volume(
 
     Raises:
         ParameterError: an argument has the wrong type (e.g. a float level), ``path`` is
-            an empty string, or ``storage_options`` were given with a local path or an
-            object. Pickling the volume of an object in an in-memory store.
+            an empty string, ``storage_options`` were given with a local path or an object,
+            or hold an option tensorstore cannot apply to the voxel reads. Pickling the volume
+            of a tensorstore handle over an in-memory store.
         VolumeNotFoundError: ``path`` (or ``key`` inside it) does not exist.
         UnsupportedFormatError: the path is not a format listed above, or not a regular file
-            or folder (a named pipe, a device).
+            or folder (a named pipe, a device); a zarr codec tensorstore cannot decode; a zarr
+            object in a store without a location (in memory, zip).
         CorruptVolumeError: the file is truncated or cannot be parsed.
         MetadataError: axes or NGFF metadata contradict the array; TIFF pages or slice files
             that do not form one stack (mixed shapes, a gap in the numbering).
@@ -113,6 +120,8 @@ def open_volume(
         ImageTooLargeError: a unit decoded whole exceeds ``max_decoded_bytes``.
         RemoteStoreError: the object store cannot be reached, times out or refuses the
             request (the URL is named), or the filesystem package is not installed.
+        ForkedProcessError: (at a read) a zarr volume read in a process forked after this
+            process's parent had read zarr data through tensorstore.
     """
     is_object = isinstance(path, (zarr.Array, zarr.Group)) or is_tensorstore(path)
     if not is_object and not isinstance(path, (str, os.PathLike)):

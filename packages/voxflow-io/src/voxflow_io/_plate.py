@@ -23,6 +23,7 @@ from ._remote import RemoteLocation, location
 from ._slices import natural_key
 from ._spec import Compressor, check_image_spec, image_attributes, write_image_group
 from ._store import atomic_folder, prepare_remote_target
+from ._tensorstore import kvstore_spec
 from ._validate import flag, integer, optional_str, str_sequence
 from ._volume import Volume
 from ._write import OmeZarrWriter, write_remote_image_group
@@ -98,6 +99,8 @@ class Plate:
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.path: Path | RemoteLocation = location(path, storage_options)
+        if isinstance(self.path, RemoteLocation):
+            kvstore_spec(self.path)  # options the voxel reads cannot apply: before any request
         if isinstance(self.path, Path) and not self.path.exists():
             raise VolumeNotFoundError(f"{self.path}: no such plate")
         group = open_node(self.path, None)

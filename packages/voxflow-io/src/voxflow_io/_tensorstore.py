@@ -15,24 +15,26 @@ workers with ``multiprocessing_context="forkserver"`` or ``"spawn"``). A volume 
 read, before a fork works in every child.
 
 Object stores: the URL and the fsspec-style ``storage_options`` map onto tensorstore's kvstore
-drivers (``endpoint_url`` -> ``endpoint``, ``key``/``secret``/``token`` -> a credentials file
-private to this process, ``anon`` -> anonymous, ``client_kwargs.region_name`` -> the region);
-without them the standard ``AWS_*`` variables and profiles apply. tensorstore retries failed
-requests (3 times, 0.5-4 s apart) and, through curl's low-speed limit, gives up on a
-connection that transfers nothing for ``TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS`` (set to 15 s
-here unless the environment sets it), so a dead server fails in about a minute instead of
-hanging (tensorstore sets no request timeout of its own: google/tensorstore#291).
+drivers (``endpoint_url`` -> ``endpoint``, ``key``/``secret``/``token`` -> AWS profile files
+that exist only while a handle opens, ``anon`` -> anonymous, ``client_kwargs.region_name`` ->
+the region, HTTP ``headers``); an option that would change what is read or with which
+credentials but has no tensorstore equivalent is refused. Without options the standard
+``AWS_*`` variables and profiles apply. tensorstore retries failed requests (3 times, 0.5-4 s
+apart) and sets no timeout of its own (google/tensorstore#291), so curl's are set here unless
+the environment sets them: ``TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS`` 10 s and
+``TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS`` 15 s (a request that transfers nothing that long
+is dropped). A dead or silent server fails within about a minute, never hangs.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +43,9 @@ import numpy as np
 from ._errors import (
     CorruptVolumeError,
     ForkedProcessError,
+    MetadataError,
+    ParameterError,
     RemoteStoreError,
-    UnsupportedFormatError,
     VolumeNotFoundError,
 )
 from ._remote import RemoteLocation
@@ -56,11 +59,11 @@ logger = logging.getLogger(__name__)
 _used_in: int | None = None
 _lock = threading.Lock()
 _context: tuple[int, Any] | None = None
-_credentials: dict[tuple[str, str, str | None], str] = {}
-_credentials_folder: str | None = None
 
 #: Seconds without a byte transferred after which curl drops a request (tensorstore retries).
 LOW_SPEED_SECONDS = 15
+#: Seconds curl waits for a connection to be accepted.
+CONNECT_SECONDS = 10
 _RETRIES = {"max_retries": 3, "initial_delay": "0.5s", "max_delay": "4s"}
 
 
@@ -91,6 +94,8 @@ def context() -> tensorstore.Context:
         if _context is None or _context[0] != os.getpid():
             os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(LOW_SPEED_SECONDS))
             os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")
+            # curl's low-speed limit starts after the connection: bound the connect too.
+            os.environ.setdefault("TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS", str(CONNECT_SECONDS))
             spec = {
                 "cache_pool": {"total_bytes_limit": 0},
                 "s3_request_retries": _RETRIES,
@@ -102,7 +107,11 @@ def context() -> tensorstore.Context:
 
 
 def array_spec(where: Path | RemoteLocation, zarr_format: int) -> dict[str, Any]:
-    """tensorstore spec of the zarr array at ``where`` (its folder or URL)."""
+    """tensorstore spec of the zarr array at ``where`` (its folder or URL).
+
+    Raises:
+        ParameterError: a storage option tensorstore cannot apply (see `kvstore_spec`).
+    """
     return {
         "driver": "zarr3" if zarr_format == 3 else "zarr",
         "kvstore": kvstore_spec(where),
@@ -110,24 +119,79 @@ def array_spec(where: Path | RemoteLocation, zarr_format: int) -> dict[str, Any]
     }
 
 
+#: fsspec options that tune fsspec's own transport (timeouts, caches, listings, event loop):
+#: they apply to metadata and writes, and change neither what is read nor who reads it.
+_FSSPEC_TUNING = frozenset(
+    {
+        "config_kwargs",
+        "default_block_size",
+        "default_fill_cache",
+        "default_cache_type",
+        "max_concurrency",
+        "skip_instance_cache",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "asynchronous",
+        "loop",
+        "requests_timeout",
+        "timeout",
+    }
+)
+#: Options mapped onto tensorstore's kvstore drivers, per scheme (``client_kwargs``: its keys).
+_MAPPED = {
+    "s3": {"endpoint_url", "key", "secret", "token", "anon", "profile", "requester_pays"},
+    "gs": set(),
+    "http": {"headers"},
+}
+_MAPPED_CLIENT = {
+    "s3": {"endpoint_url", "region_name"},
+    "gs": set(),
+    "http": {"headers", "timeout"},
+}
+
+
 def kvstore_spec(where: Path | RemoteLocation) -> dict[str, Any]:
     """tensorstore kvstore spec of a local folder or an object-store URL (a folder: ends in /).
 
+    S3 credentials given as ``key``/``secret`` are not in the spec (tensorstore reads them from
+    profile files only): `TensorStoreReader` adds them while it opens.
+
     Raises:
-        UnsupportedFormatError: a storage option that has no tensorstore equivalent.
+        ParameterError: a storage option that would change what is read, or with which
+            credentials, but that tensorstore cannot apply (GCS tokens, HTTP auth, an S3
+            ``token`` without ``key``, ``key`` without ``secret``): reading voxels with other
+            credentials than the metadata would be wrong silently.
     """
     if isinstance(where, Path):
         return {"driver": "file", "path": f"{where.absolute()}/"}
-    scheme = where.scheme
-    rest = where.url.split("://", 1)[1]
+    scheme = {"s3a": "s3", "gcs": "gs", "https": "http"}.get(where.scheme, where.scheme)
     options = dict(where.storage_options)
-    if scheme in ("http", "https"):
-        return {"driver": "http", "base_url": f"{where.url}/"}
+    client = dict(options.get("client_kwargs") or {})
+    unusable = sorted(set(options) - _MAPPED[scheme] - _FSSPEC_TUNING - {"client_kwargs"})
+    unusable += [f"client_kwargs[{k!r}]" for k in sorted(set(client) - _MAPPED_CLIENT[scheme])]
+    if options.get("token") and not options.get("key") and scheme == "s3":
+        unusable.append("token without key and secret")
+    if bool(options.get("key")) != bool(options.get("secret")):
+        unusable.append("key without secret" if options.get("key") else "secret without key")
+    if unusable:
+        raise ParameterError(
+            f"{where.url}: storage_options {unusable} cannot be applied to the voxel reads "
+            f"(tensorstore's {scheme} driver); voxflow-io applies "
+            f"{sorted(_MAPPED[scheme] | {f'client_kwargs[{k!r}]' for k in _MAPPED_CLIENT[scheme]})}"
+            f" there, and fsspec's transport tuning to metadata and writes. "
+            + _CREDENTIAL_HINTS[scheme]
+        )
+    rest = where.url.split("://", 1)[1]
+    if scheme == "http":
+        spec: dict[str, Any] = {"driver": "http", "base_url": f"{where.url}/"}
+        headers = {**dict(client.get("headers") or {}), **dict(options.get("headers") or {})}
+        if headers:
+            spec["headers"] = [f"{name}: {value}" for name, value in headers.items()]
+        return spec
     bucket, _, path = rest.partition("/")
-    if scheme in ("gs", "gcs"):
+    if scheme == "gs":
         return {"driver": "gcs", "bucket": bucket, "path": f"{path}/" if path else ""}
-    spec: dict[str, Any] = {"driver": "s3", "bucket": bucket, "path": f"{path}/" if path else ""}
-    client = options.get("client_kwargs") or {}
+    spec = {"driver": "s3", "bucket": bucket, "path": f"{path}/" if path else ""}
     endpoint = options.get("endpoint_url") or client.get("endpoint_url")
     endpoint = (
         endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -142,71 +206,97 @@ def kvstore_spec(where: Path | RemoteLocation) -> dict[str, Any]:
         spec["requester_pays"] = True
     if options.get("anon"):
         spec["aws_credentials"] = {"type": "anonymous"}
-    elif options.get("key") or options.get("secret"):
-        if not (options.get("key") and options.get("secret")):
-            raise UnsupportedFormatError(
-                f"{where.url}: storage_options give {'key' if options.get('key') else 'secret'} "
-                f"without {'secret' if options.get('key') else 'key'}; give both or neither"
-            )
-        profile = _credentials_profile(
-            str(options["key"]), str(options["secret"]), options.get("token")
-        )
-        spec["aws_credentials"] = {"type": "profile", **profile}
     elif options.get("profile"):
         spec["aws_credentials"] = {"type": "profile", "profile": str(options["profile"])}
     return spec
 
 
-def _credentials_profile(key: str, secret: str, token: object) -> dict[str, str]:
-    """A profile in AWS credentials and config files readable only by this user, removed at
-    exit: tensorstore's S3 driver takes credentials from the environment or from profile
-    files, not from its spec (and its profile reader needs both files)."""
-    global _credentials_folder
-    identity = (key, secret, None if token is None else str(token))
-    with _lock:
-        if _credentials_folder is None or not os.path.isdir(_credentials_folder):
-            _credentials_folder = tempfile.mkdtemp(prefix="voxflow-io-aws-")
-            atexit.register(shutil.rmtree, _credentials_folder, True)
-            _credentials.clear()
-        folder = _credentials_folder
-        name = _credentials.get(identity)
-        if name is None:
-            name = f"voxflow-{len(_credentials)}"
-            lines = [f"[{name}]", f"aws_access_key_id = {key}", f"aws_secret_access_key = {secret}"]
-            if token is not None:
-                lines.append(f"aws_session_token = {token}")
-            _append_private(os.path.join(folder, "credentials"), lines)
-            _append_private(os.path.join(folder, "config"), [f"[profile {name}]"])
-            _credentials[identity] = name
-    return {
-        "profile": name,
-        "credentials_file": os.path.join(folder, "credentials"),
-        "config_file": os.path.join(folder, "config"),
-    }
+_CREDENTIAL_HINTS = {
+    "s3": "Give key and secret (and token), a profile, anon=True, or the AWS_* variables.",
+    "gs": (
+        "tensorstore reads GCS credentials from GOOGLE_APPLICATION_CREDENTIALS or gcloud's "
+        "application-default login: set those instead."
+    ),
+    "http": "tensorstore's http driver takes headers only (e.g. an Authorization header).",
+}
 
 
-def _append_private(path: str, lines: list[str]) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(descriptor, "a") as handle:
+@contextmanager
+def s3_credentials(spec: Mapping[str, Any], options: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """``spec`` with the ``key``/``secret``/``token`` of ``options`` as an AWS profile, while
+    the block runs: tensorstore's S3 driver takes credentials from the environment or from
+    profile files, not from its spec, and reads the files once, when a handle opens. The files
+    live in a fresh folder readable only by this user and are removed as the block ends, so
+    no secret stays on disk and no two processes share one."""
+    kvstore = spec.get("kvstore", {})
+    if kvstore.get("driver") != "s3" or not options.get("key"):
+        yield dict(spec)
+        return
+    folder = tempfile.mkdtemp(prefix="voxflow-io-aws-")
+    try:
+        lines = [
+            "[voxflow]",
+            f"aws_access_key_id = {options['key']}",
+            f"aws_secret_access_key = {options['secret']}",
+        ]
+        if options.get("token"):
+            lines.append(f"aws_session_token = {options['token']}")
+        _write_private(os.path.join(folder, "credentials"), lines)
+        _write_private(os.path.join(folder, "config"), ["[profile voxflow]"])
+        credentials = {
+            "type": "profile",
+            "profile": "voxflow",
+            "credentials_file": os.path.join(folder, "credentials"),
+            "config_file": os.path.join(folder, "config"),
+        }
+        yield {**spec, "kvstore": {**kvstore, "aws_credentials": credentials}}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_private(path: str, lines: list[str]) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
         handle.write("\n".join(lines) + "\n")
+
+
+#: tensorstore status codes of a failed transfer (retryable by a caller); every other
+#: failure of a read is the data's: missing (NOT_FOUND) or damaged (DATA_LOSS, ...).
+_TRANSPORT = frozenset(
+    {
+        "UNAVAILABLE",
+        "ABORTED",
+        "DEADLINE_EXCEEDED",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "RESOURCE_EXHAUSTED",
+        "CANCELLED",
+        "INTERNAL",
+        "UNKNOWN",
+    }
+)
 
 
 class TensorStoreReader:
     """Reads windows of one zarr array (or a caller's tensorstore handle) through tensorstore.
 
     ``spec``: opened at the first read in each process, unless ``handle`` (a caller's open
-    handle of that spec) is given: then it is used, and kept by ``close``. ``dtype``: the
-    native-order dtype windows come back in. ``remote``: the object-store
-    location (failures become [RemoteStoreError][voxflow_io.RemoteStoreError]); None for local
-    stores, whose failures are [CorruptVolumeError][voxflow_io.CorruptVolumeError].
-    ``metadata_file``: a local array's metadata document; a window read while it is gone is an
-    error (tensorstore reads missing chunks as the fill value, also when the store was deleted).
+    handle of that spec) is given: then it is used, and kept by ``close``. ``dtype`` and
+    ``shape``: what the volume was opened as; windows come back in ``dtype`` (native order),
+    and a handle that opens as anything else (the store was rewritten) is an error.
+    ``remote``: the object-store location (transfer failures become
+    [RemoteStoreError][voxflow_io.RemoteStoreError]; its S3 ``key``/``secret`` are applied while
+    the handle opens). ``metadata_file``: a local array's metadata document; a window read while
+    it is gone is an error (tensorstore reads missing chunks as the fill value, also when the
+    store was deleted). Damaged chunks are [CorruptVolumeError][voxflow_io.CorruptVolumeError],
+    missing stores [VolumeNotFoundError][voxflow_io.VolumeNotFoundError], local or remote.
     """
 
     def __init__(
         self,
         where: str,
         dtype: np.dtype,
+        shape: tuple[int, ...],
         spec: Mapping[str, Any],
         *,
         handle: tensorstore.TensorStore | None = None,
@@ -215,6 +305,7 @@ class TensorStoreReader:
     ) -> None:
         self._where = where
         self._dtype = dtype
+        self._shape = shape
         self._spec = spec
         self._handle = handle
         self._owned = handle is None
@@ -225,13 +316,23 @@ class TensorStoreReader:
         import tensorstore as ts
 
         check_not_forked(self._where)
-        if self._handle is None:
+        if self._handle is not None:
+            return self._handle
+        options = self._remote.storage_options if self._remote is not None else {}
+        with s3_credentials(self._spec, options) as spec:
             try:
-                self._handle = ts.open(dict(self._spec), read=True, context=context()).result()
+                handle = ts.open(spec, read=True, context=context()).result()
             except ValueError as exc:
                 raise self._error("opening the array with tensorstore", exc) from exc
-            self._handle = self._handle.translate_to[0]
-        return self._handle
+        handle = handle.translate_to[0]
+        found = (tuple(int(n) for n in handle.shape), np.dtype(handle.dtype.numpy_dtype))
+        if found[0] != self._shape or found[1].newbyteorder("=") != self._dtype:
+            raise MetadataError(
+                f"{self._where}: changed since it was opened: expected shape {self._shape} "
+                f"{self._dtype}, found {found[0]} {found[1]}"
+            )
+        self._handle = handle
+        return handle
 
     def read(self, box: tuple[slice, ...]) -> np.ndarray:
         handle = self._open()
@@ -250,10 +351,11 @@ class TensorStoreReader:
         # tensorstore appends the whole JSON spec to its messages: the URL is named already.
         detail = str(exc).split(" [tensorstore_spec=", 1)[0]
         message = f"{self._where}: {action} failed: {type(exc).__name__}: {detail}"
-        if self._remote is not None:
-            return RemoteStoreError(message)
-        if "NOT_FOUND" in str(exc):
+        status = detail.split(":", 1)[0].strip()
+        if status == "NOT_FOUND":
             return VolumeNotFoundError(message)
+        if self._remote is not None and (status in _TRANSPORT or isinstance(exc, OSError)):
+            return RemoteStoreError(message)
         return CorruptVolumeError(message)
 
     def close(self) -> None:

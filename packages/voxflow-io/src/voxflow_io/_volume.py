@@ -82,9 +82,9 @@ class Source:
         path: Local file or folder, or the `RemoteLocation` (URL and ``storage_options``) of an
             object-store node.
         options: Keyword options of the opener.
-        unpicklable: Why this source cannot be reopened in another process (e.g. a zarr array
-            in an in-memory store, whose live object then sits in ``options``), or None. Such a
-            source opens and reads in this process and its forks, but refuses to be pickled.
+        unpicklable: Why this source cannot be reopened in another process (e.g. a tensorstore
+            handle over an in-memory store, whose live object then sits in ``options``), or
+            None. Such a source opens and reads in this process, but refuses to be pickled.
     """
 
     opener: Opener

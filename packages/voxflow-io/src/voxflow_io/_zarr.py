@@ -33,7 +33,7 @@ from ._errors import (
 )
 from ._remote import RemoteLocation, marked_ancestor
 from ._state import check_complete, incomplete_ancestor
-from ._tensorstore import TensorStoreReader, array_spec
+from ._tensorstore import TensorStoreReader, array_spec, kvstore_spec
 from ._validate import DEFAULT_MAX_DECODED_BYTES, check_decoded_size
 from ._volume import Reader, VolumeInfo
 
@@ -121,6 +121,7 @@ def open_zarr(path: Path | RemoteLocation, options: Mapping[str, Any]) -> tuple[
     """
     key: str | None = options.get("key")
     if isinstance(path, RemoteLocation):
+        kvstore_spec(path)  # options the voxel reads cannot apply are refused before any request
         with path.errors("opening the zarr metadata"):
             return node_reader(open_node(path, key), path, options)
     return node_reader(open_node(path, key), path, options)
@@ -191,13 +192,17 @@ def node_reader(
         unit=unit,
     )
     check_codecs(array, where)
-    reader = _array_reader(array, path, where, dtype)
+    reader = _array_reader(array, path, where, dtype, info.shape)
     logger.debug("%s: opened %s", where, info)
     return reader, info
 
 
 def _array_reader(
-    array: zarr.Array, root: Path | RemoteLocation, where: str, dtype: np.dtype
+    array: zarr.Array,
+    root: Path | RemoteLocation,
+    where: str,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
 ) -> TensorStoreReader:
     """The tensorstore reader of ``array``, found at ``root`` (the store's root) plus the
     array's path in the store."""
@@ -206,6 +211,7 @@ def _array_reader(
     return TensorStoreReader(
         where,
         dtype,
+        shape,
         array_spec(folder, array.metadata.zarr_format),
         remote=folder if isinstance(folder, RemoteLocation) else None,
         metadata_file=folder / name if isinstance(folder, Path) else None,
