@@ -208,6 +208,10 @@ def kvstore_spec(where: Path | RemoteLocation) -> dict[str, Any]:
         spec["aws_credentials"] = {"type": "anonymous"}
     elif options.get("profile"):
         spec["aws_credentials"] = {"type": "profile", "profile": str(options["profile"])}
+    elif not options.get("key") and os.environ.get("AWS_ACCESS_KEY_ID"):
+        # The variables, and nothing else: the default chain would also probe ~/.aws files
+        # and log an error for each one missing.
+        spec["aws_credentials"] = {"type": "environment"}
     return spec
 
 
