@@ -1,49 +1,76 @@
-"""Random 128^3 window reads from a 256x1024x1024 uint16 volume in four layouts.
+"""Random 128^3 windows from a 512^3 uint16 zarr v3 volume: 2 codecs x 3 layouts, local and S3.
 
-voxflow ``Volume.read`` beside zarr-python, tensorstore and tifffile reading the same windows
-in the same process, and beside the floors: the codec's decode time for exactly the chunks a
-window touches (compressed bytes already in memory, numcodecs in the main thread, blosc with
-its own threads) and, for uncompressed TIFF, a memcpy of the window's bytes.
+voxflow (``open_volume(...).read``) beside tensorstore and zarr-python reading the same windows
+(aligned: starts on the 64^3 chunk grid; unaligned: odd starts) from the same stores, in the
+same process, readers interleaved round by round, best of ``--rounds``. Codecs: zstd (default
+level) and blosc-lz4 (clevel 5, byte shuffle); layouts: 64^3 chunks unsharded, and in shards of
+256^3 and 512^3. Each store is read from the local folder and through moto's S3 server (in this
+process, on the loopback address). The floor: decoding exactly the chunks a window touches
+(compressed bytes already in memory) with numcodecs on 2 threads (the machine's 2 cores),
+raced with the readers in every row. S3 rows read the first ``--s3-windows`` windows (moto's
+server, in Python, reads a whole object for every ranged GET: a 512^3 shard costs ~0.2 s).
 
-    uv run --group bench python benchmarks/io_read.py [--windows 40] [--data benchmarks/_data]
+    uv run --group bench python benchmarks/io_read.py [--windows 20] [--rounds 3]
+        [--s3-windows 6] [--data DIR]
 
-The stores are written once into --data and reused (reads are from the page cache: this
-measures decoding and copying, not the disk).
+The stores are written once into --data and reused (local reads are from the page cache: this
+measures decoding, copying and request overhead, not the disk).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import itertools
+import logging
+import math
 import os
+import shutil
+import threading
 import time
-import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import boto3
 import numcodecs
+import numcodecs.blosc
 import numpy as np
 import tensorstore as ts
-import tifffile
 import zarr
+from moto.server import ThreadedMotoServer
 from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.storage import FsspecStore
 
 from voxflow_io import open_volume
 
-SHAPE = (256, 1024, 1024)
+SHAPE = (512, 512, 512)
 CHUNK = 64
 WINDOW = 128
-ROUNDS = 3  # this machine is shared and noisy: report the best of several rounds
+CODECS: dict[str, Callable[[], ZstdCodec | BloscCodec]] = {
+    "zstd": ZstdCodec,
+    "blosc-lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+}
+LAYOUTS = {"unsharded": None, "shards 256³": 256, "shards 512³": 512}
+KEY, SECRET, BUCKET = "voxflow-bench-key", "voxflow-bench-secret", "voxflow-bench"
+Start = tuple[int, int, int]
+Reader = Callable[[Start], Any]
 
 
-def make_volume() -> np.ndarray:
-    """CT-like uint16: smooth structure plus sensor noise (compresses ~1.5-2x with zstd)."""
+def make_volume(shape: tuple[int, int, int] = (256, 1024, 1024)) -> np.ndarray:
+    """CT-like volume: smooth structure plus sensor noise (the noise makes it hard to compress:
+    at 512^3 in 64^3 chunks, zstd ~1.1x, blosc-lz4 with byte shuffle ~1.4x).
+
+    Shapes:
+        result: ``shape`` (Z, Y, X) uint16, generated 32 planes at a time.
+    """
     rng = np.random.default_rng(0)
-    z = np.arange(SHAPE[0], dtype=np.float32)[:, None, None]
-    y = np.arange(SHAPE[1], dtype=np.float32)[None, :, None]
-    x = np.arange(SHAPE[2], dtype=np.float32)[None, None, :]
-    volume = np.empty(SHAPE, np.uint16)
-    for start in range(0, SHAPE[0], 32):
+    z = np.arange(shape[0], dtype=np.float32)[:, None, None]
+    y = np.arange(shape[1], dtype=np.float32)[None, :, None]
+    x = np.arange(shape[2], dtype=np.float32)[None, None, :]
+    volume = np.empty(shape, np.uint16)
+    for start in range(0, shape[0], 32):
         zz = z[start : start + 32]
         slab = 20000 + 6000 * np.sin(zz / 17) * np.cos(y / 23) + 4000 * np.sin(x / 31 + zz / 40)
         slab += rng.normal(0, 40, size=slab.shape).astype(np.float32)
@@ -51,180 +78,257 @@ def make_volume() -> np.ndarray:
     return volume
 
 
-def build_stores(folder: Path) -> dict[str, Path]:
+def build_stores(folder: Path, volume: np.ndarray) -> dict[tuple[str, str], Path]:
+    """Write the 6 stores (codec x layout) once; a store is renamed into place when complete.
+
+    Shapes:
+        volume: SHAPE (Z, Y, X) uint16.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "zarr v3 zstd": folder / "zstd.zarr",
-        "zarr v3 blosc-lz4": folder / "blosc-lz4.zarr",
-        "tiff tiled zstd": folder / "tiled.tif",
-        "tiff contiguous": folder / "contiguous.tif",
-    }
-    if all(p.exists() for p in paths.values()):
-        return paths
-    print("writing the benchmark stores (once) ...", flush=True)
-    volume = make_volume()
-    for key, compressor in (
-        ("zarr v3 zstd", ZstdCodec()),
-        ("zarr v3 blosc-lz4", BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")),
-    ):
+    paths: dict[tuple[str, str], Path] = {}
+    for (codec, make_codec), (layout, shard) in itertools.product(CODECS.items(), LAYOUTS.items()):
+        path = paths[codec, layout] = folder / f"{codec}-{shard or 'unsharded'}.zarr"
+        if path.exists():
+            continue
+        print(f"writing {path} (once) ...", flush=True)
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
         array = zarr.create_array(
-            str(paths[key]),
+            str(partial),
             shape=SHAPE,
             chunks=(CHUNK,) * 3,
+            shards=(shard,) * 3 if shard else None,
             dtype="uint16",
-            compressors=[compressor],
-            overwrite=True,
+            compressors=[make_codec()],
+            zarr_format=3,
         )
         array[:] = volume
-    tifffile.imwrite(
-        paths["tiff tiled zstd"], volume, tile=(256, 256), compression="zstd", bigtiff=True
-    )
-    tifffile.imwrite(paths["tiff contiguous"], volume, bigtiff=True)
+        partial.rename(path)
     return paths
 
 
-def windows(count: int, aligned: bool, seed: int) -> list[tuple[int, int, int]]:
+def windows(count: int, aligned: bool, seed: int) -> list[Start]:
+    """``count`` window starts: multiples of CHUNK (aligned) or odd numbers (unaligned)."""
     rng = np.random.default_rng(seed)
     starts = []
     for _ in range(count):
         if aligned:
-            starts.append(
-                tuple(int(rng.integers(0, (n - WINDOW) // CHUNK + 1)) * CHUNK for n in SHAPE)
-            )
+            z, y, x = (int(rng.integers(0, (n - WINDOW) // CHUNK + 1)) * CHUNK for n in SHAPE)
         else:
-            starts.append(tuple(int(rng.integers(1, n - WINDOW)) | 1 for n in SHAPE))
+            z, y, x = (int(rng.integers(1, n - WINDOW)) | 1 for n in SHAPE)
+        starts.append((z, y, x))
     return starts
 
 
-def timed(read: Callable[[tuple[int, int, int]], object], starts: list) -> tuple[float, float]:
-    """Milliseconds per window (best of ROUNDS means, after a warm-up read) and peak MiB.
-
-    Time and memory are measured in separate passes: tracemalloc slows every Python-level
-    allocation, which would penalise readers with Python glue against those in C++.
-    """
-    read(starts[0])
-    rounds = []
-    for _ in range(ROUNDS):
-        begin = time.perf_counter()
-        for start in starts:
-            read(start)
-        rounds.append((time.perf_counter() - begin) / len(starts) * 1e3)
-    elapsed = min(rounds)
-    tracemalloc.start()
-    for start in starts[:5]:
-        read(start)
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return elapsed, peak
+def box(start: Start) -> tuple[slice, ...]:
+    return tuple(slice(s, s + WINDOW) for s in start)
 
 
-def decode_floor(path: Path, codec: numcodecs.abc.Codec, starts: list) -> float:
-    """Milliseconds to decode exactly the chunks each window touches (bytes pre-read).
+class ByteCounter:
+    """WSGI middleware around moto's app: counts the GET requests and the body bytes served."""
 
-    Best of ROUNDS, like the readers.
-    """
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app, self.lock, self.gets, self.sent = app, threading.Lock(), 0, 0
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterator[bytes]:
+        with self.lock:
+            self.gets += environ["REQUEST_METHOD"] == "GET"
+        for piece in self.app(environ, start_response):
+            with self.lock:
+                self.sent += len(piece)
+            yield piece
+
+
+def start_s3(paths: Iterable[Path]) -> tuple[ThreadedMotoServer, str, ByteCounter]:
+    """moto's S3 server on 127.0.0.1 (a free port) holding every store under its folder name."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    counter = ByteCounter(server._server.app)  # type: ignore[union-attr]
+    server._server.app = counter  # type: ignore[union-attr]
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    files = [
+        (file, f"{path.name}/{file.relative_to(path).as_posix()}")
+        for path in paths
+        for file in path.rglob("*")
+        if file.is_file()
+    ]
+    print(f"uploading {len(files)} files to moto ...", flush=True)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda item: client.upload_file(str(item[0]), BUCKET, item[1]), files))
+    return server, endpoint, counter
+
+
+def readers(path: Path, endpoint: str | None) -> dict[str, Reader]:
+    """The three readers of one store, each opened once; ``endpoint`` None reads the folder."""
+    size = (WINDOW,) * 3
+    if endpoint is None:
+        volume = open_volume(path)
+        kvstore: dict[str, Any] = {"driver": "file", "path": f"{path}/"}
+        array = zarr.open_array(str(path), mode="r")
+    else:
+        url, options = (
+            f"s3://{BUCKET}/{path.name}",
+            {"endpoint_url": endpoint, "key": KEY, "secret": SECRET},
+        )
+        volume = open_volume(url, storage_options=options)
+        kvstore = {
+            "driver": "s3",
+            "bucket": BUCKET,
+            "path": f"{path.name}/",
+            "endpoint": endpoint,
+            "aws_region": "us-east-1",
+        }
+        array = zarr.open_array(
+            FsspecStore.from_url(url, storage_options=options, read_only=True), mode="r"
+        )
+    store = ts.open({"driver": "zarr3", "kvstore": kvstore}, read=True).result()
+    return {
+        "voxflow": lambda s: volume.read(s, size),
+        "tensorstore": lambda s: store[box(s)].read().result(),
+        "zarr-python": lambda s: array[box(s)],
+    }
+
+
+def race(named: dict[str, Reader], starts: list[Start], rounds: int) -> dict[str, float]:
+    """Milliseconds per window of each reader: best of ``rounds`` means, readers interleaved
+    round by round (in a rotating order) so that load from other processes hits them alike."""
+    best = dict.fromkeys(named, math.inf)
+    order = list(named)
+    for round_ in range(rounds):
+        for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
+            begin = time.perf_counter()
+            for start in starts:
+                named[name](start)
+            best[name] = min(best[name], (time.perf_counter() - begin) / len(starts) * 1e3)
+    return best
+
+
+def chunk_blobs(path: Path, starts: list[Start]) -> dict[Start, list[bytes]]:
+    """Compressed bytes of the chunks each window touches, from an unsharded store's files."""
     metadata = zarr.open_array(str(path), mode="r").metadata
-    buffer = np.empty((CHUNK,) * 3, np.uint16)
-    total = 0.0
+    blobs = {}
     for start in starts:
         ranges = [range(s // CHUNK, (s + WINDOW - 1) // CHUNK + 1) for s in start]
-        blobs = [
-            (path / metadata.encode_chunk_key(i)).read_bytes() for i in itertools.product(*ranges)
-        ]
-        begin = time.perf_counter()
-        for blob in blobs:
-            codec.decode(blob, out=buffer)
-        total += time.perf_counter() - begin
-    return total / len(starts) * 1e3
+        keys = [metadata.encode_chunk_key(i) for i in itertools.product(*ranges)]
+        blobs[start] = [(path / key).read_bytes() for key in keys]
+    return blobs
 
 
-def memcpy_floor(starts: list) -> float:
-    """A contiguous copy of a window's bytes into a reused buffer (the issue's floor)."""
-    source = np.ones(WINDOW**3, np.uint16)
-    target = np.empty_like(source)
-    return timed(lambda _: np.copyto(target, source), starts)[0]
+def floor_reader(codec: str, blobs: dict[Start, list[bytes]], pool: ThreadPoolExecutor) -> Reader:
+    """The decode floor as a reader (raced with the others, so that it sees the same load):
+    decode the window's chunks on 2 threads (pool.map over the chunks, a reused buffer per
+    thread); blosc limited to 1 thread inside each while it runs (2 x 1 = 2 cores)."""
+    decoder = numcodecs.Zstd() if codec == "zstd" else numcodecs.Blosc()
+    local = threading.local()
 
+    def decode(blob: bytes) -> None:
+        if not hasattr(local, "buffer"):
+            local.buffer = np.empty((CHUNK,) * 3, np.uint16)
+        decoder.decode(blob, out=local.buffer)
 
-def strided_floor(mapped: np.ndarray, starts: list) -> float:
-    """The same windows copied out of the whole volume held in RAM (no file, no page faults).
+    def read(start: Start) -> None:
+        previous = numcodecs.blosc.set_nthreads(1)
+        try:
+            list(pool.map(decode, blobs[start]))
+        finally:
+            numcodecs.blosc.set_nthreads(previous)
 
-    A 128^3 window of a 1024x1024-plane volume is 16384 rows of 256 bytes, 2 KiB apart:
-    gathering them costs several times a contiguous memcpy even in RAM.
-    """
-    in_ram = np.array(mapped)
-    return timed(lambda s: np.array(in_ram[box(s)]), starts)[0]
-
-
-def box(start: tuple[int, int, int]) -> tuple[slice, ...]:
-    return tuple(slice(s, s + WINDOW) for s in start)
+    return read
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=40)
+    parser.add_argument("--windows", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--s3-windows", type=int, default=6, help="windows of the S3 rows (the first ones)"
+    )
     parser.add_argument("--data", type=Path, default=Path(__file__).parent / "_data" / "io_read")
     args = parser.parse_args()
-    paths = build_stores(args.data)
-    rows = []
-    extra_floors: dict[tuple[str, str], float] = {}
+    load_start = os.getloadavg()
+    volume = make_volume(SHAPE)
+    paths = build_stores(args.data, volume)
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = KEY, SECRET
+    server, endpoint, counter = start_s3(paths.values())
+    rows: list[tuple[str, str, str, str, dict[str, float]]] = []
+    pool = ThreadPoolExecutor(2)
+    fetched: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
     for aligned in (True, False):
-        starts = windows(args.windows, aligned, seed=1 + aligned)
         label = "aligned" if aligned else "unaligned"
-        for key, path in paths.items():
-            volume = open_volume(path)
-            reference = volume.read(starts[0], (WINDOW,) * 3)
-            peers: dict[str, Callable] = {}
-            if key.startswith("zarr"):
-                array = zarr.open_array(str(path), mode="r")
-                store = ts.open(
-                    {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
-                ).result()
-                peers["zarr-python"] = lambda s, a=array: a[box(s)]
-                peers["tensorstore"] = lambda s, t=store: t[box(s)].read().result()
-                codec = numcodecs.Zstd() if "zstd" in key else numcodecs.Blosc()
-                floor_name, floor = "decode floor", decode_floor(path, codec, starts)
-            else:
-                tif = tifffile.TiffFile(path)
-                if "contiguous" in key:
-                    mapped = tifffile.memmap(path, mode="r")
-                    peers["tifffile memmap"] = lambda s, m=mapped: np.array(m[box(s)])
-                    floor_name, floor = "memcpy floor", memcpy_floor(starts)
-                    extra_floors[(label, key)] = strided_floor(mapped, starts)
-                else:
-                    tiled = zarr.open_array(tif.series[0].aszarr(), mode="r")
-                    peers["tifffile zarr store"] = lambda s, a=tiled: a[box(s)]
-                    floor_name, floor = "", float("nan")
-            for name, read in peers.items():
-                assert np.array_equal(np.asarray(read(starts[0])), reference), (key, name)
-            ms, peak = timed(lambda s, v=volume: v.read(s, (WINDOW,) * 3), starts)
-            rows.append((label, key, "voxflow", ms, peak, floor_name, floor))
-            for name, read in peers.items():
-                peer_ms, peer_peak = timed(read, starts)
-                rows.append((label, key, name, peer_ms, peer_peak, floor_name, floor))
+        starts = windows(args.windows, aligned, seed=1 + aligned)
+        reference = volume[box(starts[0])]
+        for codec in CODECS:
+            blobs = chunk_blobs(paths[codec, "unsharded"], starts)
+            for layout, where in itertools.product(LAYOUTS, ("local", "S3")):
+                named = readers(paths[codec, layout], None if where == "local" else endpoint)
+                for name, read in named.items():  # also the warm-up read
+                    found = np.asarray(read(starts[0]))
+                    if found.dtype != reference.dtype or not np.array_equal(found, reference):
+                        raise RuntimeError(
+                            f"{name} {where} {codec} {layout}: window {starts[0]} "
+                            f"differs from the reference ({found.dtype} {found.shape})"
+                        )
+                named["floor"] = floor_reader(codec, blobs, pool)
+                used = starts if where == "local" else starts[: args.s3_windows]
+                rows.append((label, codec, layout, where, race(named, used, args.rounds)))
+                if where == "S3" and aligned:
+                    first = blobs[starts[0]]
+                    fetched[codec, layout] = {"chunks": (len(first), sum(map(len, first)))}
+                    for name in ("voxflow", "tensorstore"):
+                        counter.gets = counter.sent = 0
+                        named[name](starts[0])
+                        fetched[codec, layout][name] = (counter.gets, counter.sent)
+                print(f"done: {label} {codec} {layout} {where}", flush=True)
+    server.stop()
+    pool.shutdown()
+    versions = ", ".join(
+        f"{p} {importlib.metadata.version(p)}"
+        for p in ("numpy", "zarr", "numcodecs", "tensorstore", "voxflow-io", "moto", "s3fs")
+    )
     print(
         f"\nwindow {WINDOW}^3 uint16 from {SHAPE}, chunks {CHUNK}^3, {args.windows} windows, "
-        f"{os.cpu_count()} cores; floor ratio = time / floor, voxflow ratio = peer / voxflow"
+        f"({args.s3_windows} for S3), best of {args.rounds} rounds; {os.cpu_count()} cores, "
+        "load average "
+        f"{' '.join(f'{v:.2f}' for v in load_start)} at start, "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} at end\n{versions}\n"
+        "floor: numcodecs decode of the window's chunks (bytes in memory, from the unsharded "
+        "store) on 2 threads, blosc set to 1 internal thread (2 x 1 = 2 cores), no assembly; "
+        "raced with the readers in every row.\n"
+        "S3: moto's server runs in Python in this process, on the same 2 cores: its overhead is "
+        "in the S3 rows. moto reads a whole object for every GET, ranged or not (~0.2 s for a "
+        "512^3 shard): the sharded S3 rows measure mostly moto.\n"
     )
-    header = "| windows | layout | reader | ms/window | x floor | peer/voxflow | peak MiB (py) |"
-    print(header)
-    print("|" + "---|" * 7)
-    voxflow_ms = {}
-    for label, key, name, ms, peak, _, floor in rows:
-        if name == "voxflow":
-            voxflow_ms[(label, key)] = ms
-        ratio_floor = f"{ms / floor:.2f}" if floor == floor else "-"
-        ratio_peer = "1.00" if name == "voxflow" else f"{ms / voxflow_ms[(label, key)]:.2f}"
+    print(
+        "| windows | codec | layout | store | voxflow ms | tensorstore ms | zarr-python ms "
+        "| floor ms | voxflow/tensorstore | voxflow/floor |\n" + "|---" * 10 + "|"
+    )
+    for label, codec, layout, where, ms in rows:
         print(
-            f"| {label} | {key} | {name} | {ms:.2f} | {ratio_floor} | {ratio_peer} | {peak:.1f} |"
+            f"| {label} | {codec} | {layout} | {where} | {ms['voxflow']:.2f} | "
+            f"{ms['tensorstore']:.2f} | {ms['zarr-python']:.2f} | {ms['floor']:.2f} | "
+            f"{ms['voxflow'] / ms['tensorstore']:.2f} | {ms['voxflow'] / ms['floor']:.2f} |"
         )
-    floors = {(label, key): (fn, f) for label, key, _, _, _, fn, f in rows if fn}
-    print("\n| windows | layout | floor | ms/window |")
-    print("|---|---|---|---|")
-    for (label, key), (floor_name, floor) in floors.items():
-        print(f"| {label} | {key} | {floor_name} | {floor:.2f} |")
-        if (label, key) in extra_floors:
-            strided = extra_floors[(label, key)]
-            print(f"| {label} | {key} | strided copy from RAM | {strided:.2f} |")
+    print("\n| windows | codec | layout | voxflow local ms | voxflow S3 ms | S3/local |")
+    print("|---" * 6 + "|")
+    for (label, codec, layout, _, local), (*_, s3) in zip(rows[::2], rows[1::2], strict=True):
+        vl, vs = local["voxflow"], s3["voxflow"]
+        print(f"| {label} | {codec} | {layout} | {vl:.2f} | {vs:.2f} | {vs / vl:.2f} |")
+    print(
+        "\nS3, one aligned window on an open handle (after the warm-up): GETs and bytes served "
+        "by moto, beside the chunks' compressed bytes\n\n"
+        "| codec | layout | chunks, bytes | voxflow GETs, bytes | tensorstore GETs, bytes |\n"
+        + "|---" * 5
+        + "|"
+    )
+    for (codec, layout), counts in fetched.items():
+        cells = [f"{counts[n][0]}, {counts[n][1]:,}" for n in ("chunks", "voxflow", "tensorstore")]
+        print(f"| {codec} | {layout} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
