@@ -1,4 +1,5 @@
-"""Object stores: ``s3://``, ``gs://`` and ``http(s)://`` URLs opened through zarr's fsspec store.
+"""Object stores: ``s3://``, ``gs://`` and ``http(s)://`` URLs; metadata and writes go through
+zarr's fsspec store (voxel reads through tensorstore: see ``_tensorstore``).
 
 A URL becomes a `RemoteLocation`: the URL plus the
 ``storage_options`` the caller gave (the convention of fsspec, pandas, xarray and dask:
@@ -7,9 +8,9 @@ when a volume or writer is pickled; the store is rebuilt in the receiving proces
 ``storage_options`` s3fs (botocore) reads the standard ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` ... environment variables.
 
-Bounded timeouts are the defaults, so that a dead server fails in seconds instead of hanging;
-any of them can be overridden through ``storage_options`` (nested dicts are merged, the
-caller's entries win):
+Bounded timeouts are the defaults of these fsspec requests, so that a dead server fails in
+seconds instead of hanging; any of them can be overridden through ``storage_options`` (nested
+dicts are merged, the caller's entries win):
 
 * s3: ``config_kwargs={"connect_timeout": 5, "read_timeout": 15, "retries": {"max_attempts":
   2, "mode": "standard"}}``. A refused connection fails within about a second; a server that
