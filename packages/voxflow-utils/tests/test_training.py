@@ -303,7 +303,7 @@ def test_make_trainer_keeps_one_last_checkpoint_beside_the_step_checkpoints(tmp_
     assert (tmp_path / "logs" / "csv" / "version_0" / "metrics.csv").is_file()
 
 
-@pytest.mark.slow  # the fork server imports torch: about 25 s here
+@pytest.mark.slow  # spawned workers import torch: about 25 s here
 def test_loader_workers_start_from_a_fork_server_after_threads_ran() -> None:
     """A DataLoader with ``loader_start_method()`` works in a process whose threads are
     running (a fork would copy their locks, not them)."""
@@ -313,8 +313,8 @@ def test_loader_workers_start_from_a_fork_server_after_threads_ran() -> None:
     from voxflow_utils import loader_start_method
 
     method = loader_start_method()
-    has_server = "forkserver" in multiprocessing.get_all_start_methods()
-    assert method == ("forkserver" if has_server else "spawn")
+    assert method in multiprocessing.get_all_start_methods()
+    assert method != "fork"
     stop = threading.Event()
     busy = threading.Thread(target=stop.wait, daemon=True)
     busy.start()

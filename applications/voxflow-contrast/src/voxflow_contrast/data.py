@@ -43,8 +43,6 @@ from .positives import LineageArrays, draw_positives, tau_probabilities
 from .sampler import BatchSampler, SamplerConfig
 
 logger = logging.getLogger(__name__)
-#: Imported once by the fork server that starts the loader workers.
-_PRELOAD = ("torch", "voxflow_contrast.data")
 
 Batch = tuple[np.ndarray, np.ndarray]
 """``(anchor_rows, positive_rows)``: two ``(B,)`` int64 arrays of row positions."""
@@ -607,7 +605,7 @@ class ContrastDataModule(pl.LightningDataModule):
             persistent_workers=workers > 0,
             # not fork: the plates were read here through tensorstore, whose threads a fork
             # would break
-            multiprocessing_context=loader_start_method(_PRELOAD) if workers else None,
+            multiprocessing_context=loader_start_method() if workers else None,
         )
 
     def train_sampler(self, position: Callable[[], int] | None = None) -> PairBatchSampler:

@@ -37,8 +37,6 @@ from .errors import ModelError
 from .module import CHECKPOINT_KEY, ContrastModule
 
 logger = logging.getLogger(__name__)
-#: Imported once by the fork server that starts the loader workers.
-_PRELOAD = ("torch", "voxflow_contrast.embed")
 
 
 @dataclass
@@ -215,7 +213,7 @@ def embed(
         _Rows(dataset, batch_size),
         batch_size=None,
         num_workers=num_workers,
-        multiprocessing_context=loader_start_method(_PRELOAD) if num_workers else None,
+        multiprocessing_context=loader_start_method() if num_workers else None,
     )
     module = module.to(device).eval()
     features = np.empty((dataset.n_rows, 0), np.float32)

@@ -51,8 +51,6 @@ from .volumes import (
 )
 
 logger = logging.getLogger(__name__)
-#: Imported once by the fork server that starts the loader workers.
-_PRELOAD = ("torch", "voxflow_segment.data")
 
 CHUNK = -1  # PatchRef.axis of a chunk-mode window
 
@@ -698,7 +696,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             persistent_workers=workers > 0,
             # not fork: the volumes were read here through tensorstore, whose threads a fork
             # would break
-            multiprocessing_context=loader_start_method(_PRELOAD) if workers else None,
+            multiprocessing_context=loader_start_method() if workers else None,
         )
 
     def train_dataloader(self) -> DataLoader[dict[str, torch.Tensor]]:

@@ -57,7 +57,7 @@ class IncompleteStoreError(VoxflowIOError):
 class ForkedProcessError(VoxflowIOError, RuntimeError):
     """A zarr volume was read in a process forked from one that had already read zarr data:
     tensorstore, voxflow-io's zarr reader, cannot run there (start DataLoader workers with
-    ``multiprocessing_context="forkserver"`` or ``"spawn"``)."""
+    ``multiprocessing_context="spawn"`` (or ``"forkserver"``))."""
 
 
 class FinishedStoreError(VoxflowIOError):

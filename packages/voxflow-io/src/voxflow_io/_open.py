@@ -73,7 +73,7 @@ def open_volume(
     The returned volume carries the URL and ``storage_options`` and reopens the store after
     pickling (DataLoader workers, DDP ranks). Every zarr voxel is read by tensorstore, which
     cannot run in a process forked after it ran: start DataLoader workers with
-    ``multiprocessing_context="forkserver"`` or ``"spawn"`` once the parent has read zarr data.
+    ``multiprocessing_context="spawn"`` (or ``"forkserver"``) once the parent has read zarr data.
 
     Args:
         path: File or folder, the URL of a zarr store, a zarr array or group, or a

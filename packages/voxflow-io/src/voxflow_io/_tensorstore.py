@@ -11,7 +11,7 @@ Each process opens its own tensorstore handle at its first read (opening a volum
 metadata only). tensorstore cannot run in a process forked from one that already used it (its
 thread pools do not survive ``fork``; it aborts the whole process): such a read raises
 [ForkedProcessError][voxflow_io.ForkedProcessError] instead, which names the remedy (DataLoader
-workers with ``multiprocessing_context="forkserver"`` or ``"spawn"``). A volume opened, but not
+workers with ``multiprocessing_context="spawn"`` (or ``"forkserver"``)). A volume opened, but not
 read, before a fork works in every child.
 
 Object stores: the URL and the fsspec-style ``storage_options`` map onto tensorstore's kvstore
@@ -79,7 +79,7 @@ def check_not_forked(where: str) -> None:
             f"{where}: cannot be read in process {pid}, which was forked from process "
             f"{_used_in} after that process had read zarr data through tensorstore (tensorstore's "
             f"threads do not survive fork; it would abort this process). Start DataLoader "
-            f"workers with multiprocessing_context='forkserver' (or 'spawn'), or open and read "
+            f"workers with multiprocessing_context='spawn' (or 'forkserver'), or open and read "
             f"volumes only after forking"
         )
 

@@ -3,28 +3,26 @@
 Python's default on Linux before 3.14 is ``fork``, which copies a process together with the
 state of every library thread in it, but not the threads: a library that runs threads of its own
 (tensorstore, which voxflow-io reads zarr with; CUDA; OpenMP pools) is broken or aborts in the
-child. Workers started from a fork server (a clean process started once, before any of that ran)
-are not, and cost one import of the preloaded modules instead of one per worker.
+child. Spawned workers start clean. A fork server would start them faster, but its workers are
+the server's children: when the training process is killed (SIGKILL, out of memory), PyTorch's
+worker watchdog, which watches the worker's parent, sees the server alive, and the server
+stays alive for as long as its workers hold the client's pipe, so both outlive the run forever.
+Spawned workers are children of the training process and exit with it.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
 
-def loader_start_method(preload: Sequence[str] = ("torch",)) -> str:
+def loader_start_method() -> str:
     """Name of the start method for DataLoader workers (``multiprocessing_context=``):
-    ``"forkserver"`` where the platform has it (Linux, macOS), with ``preload`` imported once
-    in the server before it forks the workers; ``"spawn"`` elsewhere (Windows).
+    ``"spawn"`` (see the module docstring for why neither ``fork`` nor ``forkserver``).
 
-    ``preload`` applies only if the fork server has not started yet in this process.
+    Spawned workers import the dataset's modules (torch included) once each at start: keep
+    them with ``persistent_workers=True``.
     """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return "spawn"
-    multiprocessing.set_forkserver_preload(list(preload))
-    logger.debug("DataLoader workers start from a fork server (preloading %s)", list(preload))
-    return "forkserver"
+    logger.debug("DataLoader workers are spawned")
+    return "spawn"
