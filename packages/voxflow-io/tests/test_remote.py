@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -78,6 +79,14 @@ def _write_blocks(writer: OmeZarrWriter, data: np.ndarray, z_blocks: range) -> N
     for index in z_blocks:
         z = index * CHUNKS[0]
         writer.write_region((z, 0, 0), np.ascontiguousarray(data[z : z + CHUNKS[0]]))
+
+
+def _image(url: str, data: np.ndarray, options: dict[str, Any]) -> None:
+    """An OME-Zarr image of ``data`` (SHAPE, CHUNKS, zyx) at ``url``, finished."""
+    with create_ome_zarr(
+        url, shape=SHAPE, dtype="uint16", chunks=CHUNKS, axes="zyx", storage_options=options
+    ) as writer:
+        _write_blocks(writer, data, range(3))
 
 
 def _mean_2x(data: np.ndarray) -> np.ndarray:
@@ -247,15 +256,7 @@ def test_aws_environment_variables_replace_storage_options(
     s3: S3Server, reference: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = s3.url("environment.ome.zarr")
-    with create_ome_zarr(
-        url,
-        shape=SHAPE,
-        dtype="uint16",
-        chunks=CHUNKS,
-        axes="zyx",
-        storage_options=s3.storage_options,
-    ) as writer:
-        _write_blocks(writer, reference, range(3))
+    _image(url, reference, s3.storage_options)
     options = s3.storage_options
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", options["key"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", options["secret"])
@@ -324,15 +325,7 @@ def test_options_tensorstore_cannot_apply_are_refused_not_dropped(s3: S3Server) 
 def test_s3_secrets_are_not_left_on_disk(s3: S3Server, reference: np.ndarray) -> None:
     """tensorstore reads S3 keys from profile files: they exist only while a handle opens."""
     url = s3.url("secrets.ome.zarr")
-    with create_ome_zarr(
-        url,
-        shape=SHAPE,
-        dtype="uint16",
-        chunks=CHUNKS,
-        axes="zyx",
-        storage_options=s3.storage_options,
-    ) as writer:
-        _write_blocks(writer, reference, range(3))
+    _image(url, reference, s3.storage_options)
     folders = set(Path(tempfile.gettempdir()).glob("voxflow-io-aws-*"))
     volume = open_volume(url, storage_options=s3.storage_options)
     np.testing.assert_array_equal(volume.read((1, 2, 3), (4, 5, 6)), reference[1:5, 2:7, 3:9])
@@ -410,10 +403,7 @@ def test_bad_credentials_and_an_s3_server_killed_between_reads(reference: np.nda
     try:
         url = server.url("auth.ome.zarr")
         good = server.storage_options
-        with create_ome_zarr(
-            url, shape=SHAPE, dtype="uint16", chunks=CHUNKS, axes="zyx", storage_options=good
-        ) as writer:
-            _write_blocks(writer, reference, range(3))
+        _image(url, reference, good)
         volume = open_volume(url, storage_options=good)
         np.testing.assert_array_equal(volume.read((1, 2, 3), (4, 5, 6)), reference[1:5, 2:7, 3:9])
         for bad in ({**good, "secret": "not-the-secret"}, {**good, "key": "AKIANOSUCHKEY0000000"}):
